@@ -1,0 +1,405 @@
+"""invertkit command line (thin: parsing and printing; the work is in ``invertkit.core``).
+
+``python cli.py …`` and the ``invertkit`` console script are the same program. Library errors become one
+line on stderr and exit code 2 (usage: unknown names, bad options, malformed files) or 1 (runtime);
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+BENCH_DEFAULT_OUT = "invertkit-out"
+
+KIND_ALIASES = {
+    "attack": "attack", "attacks": "attack",
+    "defense": "defense", "defenses": "defense", "defence": "defense", "defences": "defense",
+    "prior": "prior", "priors": "prior",
+    "metric": "metric", "metrics": "metric",
+    "backend": "backend", "backends": "backend",
+    "architecture": "architecture", "architectures": "architecture", "arch": "architecture",
+    "dataset": "dataset", "datasets": "dataset",
+    "target": "target", "targets": "target",
+    "preset": "preset", "presets": "preset",
+    "bench": "bench", "benches": "bench", "matrix": "bench", "matrices": "bench",
+}
+CATALOG_KINDS = ("target", "preset", "bench")
+
+
+class InvertkitGroup(click.Group):
+    """Turns invertkit errors into one line + exit code, for the console script and CliRunner alike."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from invertkit.core.errors import InvertkitError
+
+        try:
+            return super().invoke(ctx)
+        except InvertkitError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            msg = str(exc).splitlines()[0] if str(exc) else ""
+            click.echo(f"error: {type(exc).__name__}: {msg} (run with --debug for the traceback)", err=True)
+            ctx.exit(1)
+
+
+def _plugins():
+    from invertkit.core.plugins import get_plugins
+
+    plugins = get_plugins()
+    for info in plugins.failures():
+        click.echo(f"warning: plugin '{info.name}' ({info.source}) failed: {info.error}", err=True)
+    return plugins
+
+
+def _catalog(path: str | None):
+    from invertkit.core.catalog import load_catalog
+
+    return load_catalog(path)
+
+
+def _kind(kind: str) -> str:
+    from invertkit.core.registry import unknown
+
+    k = KIND_ALIASES.get(kind.lower())
+    if k is None:
+        raise unknown("kind", kind, sorted(set(KIND_ALIASES.values())))
+    return k
+
+
+@click.group(cls=InvertkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(package_name="invertkit")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """invertkit: model-inversion attacks and defenses, and an honest bench of both."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+# ----------------------------------------------------------------------------------- list / show
+@cli.command("list")
+@click.argument("kind", required=False)
+@click.argument("pattern", required=False, default="*")
+@click.option("--registry", "registry_path", type=click.Path(), help="A registry.toml other than the bundled one.")
+def list_cmd(kind: str | None, pattern: str, registry_path: str | None) -> None:
+    """List registered components (KIND: attacks, defenses, priors, metrics, backends, architectures,
+    datasets, targets, presets, benches), optionally filtered by a wildcard PATTERN."""
+    from invertkit.core.registry import KINDS
+
+    plugins = _plugins()
+    catalog = _catalog(registry_path)
+    kinds = [_kind(kind)] if kind else [*KINDS, *CATALOG_KINDS]
+    for k in kinds:
+        rows: list[tuple[str, str, str]] = []
+        if k in CATALOG_KINDS:
+            table = {"target": catalog.targets, "preset": catalog.presets, "bench": catalog.bench}[k]
+            import fnmatch
+
+            rows = [(n, "registry.toml", v.summary) for n, v in table.items() if fnmatch.fnmatchcase(n, pattern)]
+        else:
+            reg = plugins.registry[k]
+            for n in reg.names(pattern):
+                e = reg[n]
+                entry = catalog.entry(k, n)
+                summary = getattr(e.obj, "summary", "") or (entry.summary or entry.title if entry else "") or (e.obj.__doc__ or "").strip().split("\n")[0]
+                rows.append((n, e.plugin, summary))
+        if kind is None and not rows:
+            continue
+        click.echo(f"{k}s:" if not k.endswith("s") else f"{k}:")
+        if not rows:
+            click.echo("  (none)")
+        width = max((len(r[0]) for r in rows), default=0)
+        for n, plugin, summary in rows:
+            click.echo(f"  {n.ljust(width)}  [{plugin}]  {summary}")
+
+
+@cli.command("show")
+@click.argument("kind")
+@click.argument("name")
+@click.option("--registry", "registry_path", type=click.Path())
+def show_cmd(kind: str, name: str, registry_path: str | None) -> None:
+    """Show one component: paper, year, threat model, requirements, defaults and config JSON schema."""
+    plugins = _plugins()
+    catalog = _catalog(registry_path)
+    k = _kind(kind)
+    if k in CATALOG_KINDS:
+        obj = {"target": catalog.target, "preset": catalog.preset, "bench": catalog.matrix}[k](name)
+        click.echo(json.dumps(obj.model_dump(mode="json"), indent=2))
+        return
+    entry = plugins.registry[k][name]
+    obj = entry.obj
+    cat = catalog.entry(k, name)
+    click.echo(f"{k} {name}  (plugin '{entry.plugin}')")
+    if cat is not None:
+        click.echo(f"  title:        {cat.title}")
+        if cat.paper:
+            click.echo(f"  paper:        {cat.paper}" + (f" ({cat.year})" if cat.year else ""))
+        if cat.threat_model:
+            click.echo(f"  threat model: {cat.threat_model}")
+    summary = getattr(obj, "summary", "")
+    if summary:
+        click.echo(f"  summary:      {summary}")
+    requires = getattr(obj, "requires", None)
+    if requires is not None:
+        click.echo(f"  requires:     {sorted(c.value for c in requires) or 'nothing'}")
+    if getattr(obj, "kind", None) in ("output", "training"):
+        click.echo(f"  kind:         {obj.kind} defense; gradients: {getattr(obj, 'gradient', 'exact')}")
+    config = getattr(obj, "Config", None)
+    if config is not None:
+        click.echo("  defaults:     " + json.dumps(config().model_dump(mode="json")))
+        click.echo("  config schema:")
+        click.echo("    " + json.dumps(config.model_json_schema(), indent=2).replace("\n", "\n    "))
+
+
+@cli.command("plugins")
+def plugins_cmd() -> None:
+    """List discovered plugins (entry-point group 'invertkit'), their status and what they registered."""
+    from invertkit.core.plugins import get_plugins
+
+    plugins = get_plugins()
+    for info in sorted(plugins.infos.values(), key=lambda i: i.name):
+        what = ", ".join(f"{k} {n}" for k, n in info.registered) or "-"
+        line = f"{info.name:18s} {info.status:8s} {info.dist:22s} {what}"
+        if info.error:
+            line += f"\n{'':18s} error: {info.error}"
+        click.echo(line)
+
+
+@cli.command("validate")
+@click.argument("file", required=False, type=click.Path())
+def validate_cmd(file: str | None) -> None:
+    """Validate registry.toml (or FILE): schema, and every name it uses against the registered plugins."""
+    from invertkit.core.catalog import load_catalog
+    from invertkit.core.errors import RegistryFileError, UnknownNameError
+
+    catalog = load_catalog(file)
+    plugins = _plugins()
+    where = file or "registry.toml (bundled)"
+    try:
+        for name, preset in catalog.presets.items():
+            plugins.registry["dataset"][preset.dataset]
+            plugins.registry["architecture"][preset.target.arch]
+            plugins.registry["architecture"][preset.eval.arch]
+            plugins.registry["prior"][preset.prior.plugin]
+        for name, t in catalog.targets.items():
+            plugins.registry["backend"][t.backend]
+            if t.arch and not t.arch.startswith("timm:"):
+                plugins.registry["architecture"][t.arch]
+        for name, b in catalog.bench.items():
+            for a in b.attacks:
+                plugins.registry["attack"].resolve(a)
+            for d in b.defenses:
+                plugins.registry["defense"].resolve(d)
+            for m in b.metrics:
+                plugins.registry["metric"][m]
+            for a in b.attack_options:
+                plugins.registry["attack"][a]
+            for d in b.defense_options:
+                plugins.registry["defense"][d]
+        for kind, entries in catalog.catalogue.items():
+            for n in entries:
+                if n not in plugins.registry[kind]:
+                    raise UnknownNameError(f"catalogue lists {kind} '{n}', which no plugin registers")
+    except UnknownNameError as exc:
+        raise RegistryFileError(f"{where}: {exc}") from None
+    n = sum(len(v) for v in catalog.catalogue.values())
+    click.echo(f"{where}: ok ({len(catalog.presets)} presets, {len(catalog.targets)} targets, "
+               f"{len(catalog.bench)} bench matrices, {n} catalogue entries)")
+
+
+# ----------------------------------------------------------------------------------- run / bench
+def _split_options(options: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``-o gmi.iterations=100`` / ``-o defense.k=3`` style overrides, grouped by component."""
+    from invertkit.core.interfaces.config import parse_overrides
+
+    grouped: dict[str, dict[str, Any]] = {}
+    for key, value in parse_overrides(options).items():
+        comp, _, field = key.rpartition(".")
+        grouped.setdefault(comp, {})[field] = value
+    return grouped
+
+
+@cli.command("run")
+@click.option("--attack", "-a", required=True, help="Attack name.")
+@click.option("--target", "-t", required=True, help="Target name (registry.toml).")
+@click.option("--defense", "-d", default="none", show_default=True, help="Defense name.")
+@click.option("-o", "options", multiple=True, metavar="KEY=VALUE",
+              help="Attack option (e.g. -o iterations=100); prefix defense options with 'defense.'.")
+@click.option("--samples", default=None, type=int, help="Reconstructions per identity.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", default=None, type=click.Path(), help="Write the reconstructions (PNG grid) and the record here.")
+@click.option("--registry", "registry_path", type=click.Path())
+def run_cmd(attack: str, target: str, defense: str, options: tuple[str, ...], samples: int | None, seed: int,
+            out: str | None, registry_path: str | None) -> None:
+    """Run one attack against one (defended) target and print its metrics."""
+    from invertkit.core.bench.plan import Cell
+    from invertkit.core.bench.report import grid_png
+    from invertkit.core.bench.runner import run_cell
+    from invertkit.core.cache import atomic_write_bytes, atomic_write_json
+    from invertkit.core.errors import CapabilityError, InvertkitError, UsageError
+    from invertkit.core.interfaces.capability import ACCESS_LEVELS, describe
+    from invertkit.core.interfaces.config import build_config
+
+    plugins = _plugins()
+    catalog = _catalog(registry_path)
+    a_cls = plugins.get("attack", attack)
+    d_cls = plugins.get("defense", defense)
+    tspec = catalog.target(target)
+    grouped = _split_options(options)
+    a_opts = grouped.pop("", {})
+    a_opts.update(grouped.pop(attack, {}))
+    d_opts = grouped.pop("defense", {})
+    if grouped:
+        raise UsageError(f"unknown option prefix '{next(iter(grouped))}.' (use KEY=VALUE or defense.KEY=VALUE)")
+    build_config(a_cls.Config, a_opts, what=f"attack '{attack}'")
+    left = d_cls(d_opts).capabilities(ACCESS_LEVELS[tspec.access] & frozenset(plugins.get("backend", tspec.backend).capabilities))
+    missing = frozenset(a_cls.requires) - left
+    if missing:
+        raise CapabilityError(f"attack '{attack}' needs {describe(missing)}; '{target}' under '{defense}' exposes {describe(left)}")
+    default_samples = catalog.bench["default"].samples_per_identity if "default" in catalog.bench else 8
+    cell = Cell(attack=attack, defense=defense, target=target, attack_options=a_opts, defense_options=d_opts,
+                samples_per_identity=samples or default_samples, seed=seed)
+    outcome = run_cell(cell, catalog, plugins, use_cache=False)
+    rec = outcome.record
+    if rec["status"] != "ok":
+        raise InvertkitError(f"{attack} on {target} under {defense} failed: {rec['reason']}")
+    m = rec["metrics"]
+    click.echo(f"{attack} x {defense} x {target}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()))
+    if out:
+        path = Path(out)
+        atomic_write_json(path / "record.json", rec)
+        order = outcome.labels.argsort(stable=True)
+        atomic_write_bytes(path / "reconstructions.png", grid_png(outcome.images[order], nrow=min(8, cell.samples_per_identity)))
+        click.echo(f"wrote {path / 'record.json'} and {path / 'reconstructions.png'}")
+
+
+def _print_matrix(records: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from invertkit.core.bench.report import cell_text, fmt, matrix
+
+    attacks, defenses, cell = matrix(records)
+    console = Console(stderr=False, width=160)
+    for t in dict.fromkeys(r["target"] for r in records):
+        table = Table(title=f"attack acc@1 on '{t}' (evaluation model)  |  last row: defended natural accuracy")
+        table.add_column("attack \\ defense")
+        for d in defenses:
+            table.add_column(d, justify="right")
+        for a in attacks:
+            table.add_row(a, *[cell_text(cell.get((t, a, d)), "acc@1") for d in defenses])
+        nat = []
+        for d in defenses:
+            vals = [r["metrics"].get("natural_acc") for r in records if r["target"] == t and r["defense"] == d and r["status"] == "ok"]
+            nat.append(fmt(vals[0]) if vals else "–")
+        table.add_row("natural acc", *nat, style="italic")
+        console.print(table)
+
+
+@cli.command("bench")
+@click.option("--matrix", "matrix_name", default="default", show_default=True, help="Bench matrix in registry.toml.")
+@click.option("--attacks", default=None, help="Attack names/wildcards (comma-separated).")
+@click.option("--defenses", default=None, help="Defense names/wildcards.")
+@click.option("--targets", default=None, help="Target names/wildcards.")
+@click.option("-o", "options", multiple=True, metavar="NAME.KEY=VALUE",
+              help="Override a component option, e.g. -o gmi.iterations=100 -o top-k.k=2.")
+@click.option("--out", default=BENCH_DEFAULT_OUT, show_default=True, type=click.Path(), help="Report folder.")
+@click.option("--fresh", is_flag=True, help="Ignore cached cells and recompute them.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--registry", "registry_path", type=click.Path())
+def bench_cmd(matrix_name: str, attacks: str | None, defenses: str | None, targets: str | None,
+              options: tuple[str, ...], out: str, fresh: bool, executor: str, registry_path: str | None) -> None:
+    """Run an attacks x defenses x targets matrix; print it and write results.{jsonl,csv,md} + report.html."""
+    from invertkit.core.bench.plan import make_plan
+    from invertkit.core.bench.report import write_report
+    from invertkit.core.bench.runner import RayExecutor, run_bench
+    from invertkit.core.errors import UsageError
+
+    t0 = time.perf_counter()
+    plugins = _plugins()
+    catalog = _catalog(registry_path)
+    overrides: dict[str, dict[str, Any]] = {}
+    for comp, values in _split_options(options).items():
+        if not comp:
+            raise UsageError("bench options need a component prefix, e.g. -o gmi.iterations=100")
+        if comp in plugins.registry["attack"]:
+            overrides[f"attack:{comp}"] = values
+        elif comp in plugins.registry["defense"]:
+            overrides[f"defense:{comp}"] = values
+        else:
+            plugins.registry["attack"][comp]  # raises "Unknown attack ... Did you mean"
+    plan = make_plan(catalog, plugins, matrix=matrix_name, attacks=attacks, defenses=defenses, targets=targets,
+                     options=overrides)
+    click.echo(f"bench '{matrix_name}': {len(plan.cells)} cells ({len(plan.runnable)} to run, {len(plan.skipped)} skipped "
+               f"for missing capabilities)", err=True)
+
+    def progress(i: int, n: int, rec: dict[str, Any]) -> None:
+        m = rec.get("metrics", {})
+        tail = f"acc@1={m['acc@1']:.3f}" if "acc@1" in m else rec.get("reason", "")
+        cached = " (cached)" if rec.get("cached") else ""
+        click.echo(f"  [{i}/{n}] {rec['attack']} x {rec['defense']} x {rec['target']}: {rec['status']} {tail}{cached}", err=True)
+
+    ex = RayExecutor(registry_path) if executor == "ray" else None
+    outcomes = run_bench(plan, catalog, plugins, use_cache=not fresh, executor=ex, progress=progress)
+    out_dir = write_report(out, outcomes, title=f"invertkit bench '{matrix_name}'")
+    records = [o.record for o in outcomes]
+    plugins.notify("invertkit_bench_end", records=records, out_dir=str(out_dir))
+    _print_matrix(records)
+    failed = [r for r in records if r["status"] == "failed"]
+    click.echo(f"wrote {out_dir}/results.jsonl, results.csv, results.md, report.html")
+    click.echo(f"bench finished in {time.perf_counter() - t0:.1f} s "
+               f"({sum(r['status'] == 'ok' for r in records)} ok, {len(plan.skipped)} skipped, {len(failed)} failed)")
+
+
+@cli.command("export-onnx")
+@click.argument("target")
+@click.argument("path", type=click.Path())
+@click.option("--registry", "registry_path", type=click.Path())
+def export_onnx_cmd(target: str, path: str, registry_path: str | None) -> None:
+    """Export a torch TARGET's network to an ONNX file at PATH (usable by the onnx backend)."""
+    from invertkit.core.bench.runner import load_target
+    from invertkit.core.errors import UsageError
+    from invertkit.plugins.targets.onnx_backend import export_onnx
+
+    plugins = _plugins()
+    catalog = _catalog(registry_path)
+    spec = catalog.target(target)
+    if spec.backend != "torch":
+        raise UsageError(f"target '{target}' uses backend '{spec.backend}'; only torch targets can be exported")
+    t, scenario = load_target(catalog, plugins, target)
+    from invertkit.core.interfaces.target import TorchTarget
+
+    assert isinstance(t, TorchTarget)
+    export_onnx(t._net, path, scenario.image_shape)
+    click.echo(f"wrote {path}")
+
+
+def _add_plugin_commands() -> None:
+    from invertkit.core.plugins import get_plugins
+
+    try:
+        get_plugins().pm.hook.invertkit_register_commands(cli=cli)
+    except Exception as exc:  # noqa: BLE001 - a broken plugin command must not break the CLI
+        click.echo(f"warning: a plugin failed to add commands: {exc}", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    _add_plugin_commands()
+    cli.main(args=argv, prog_name="invertkit")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,132 @@
+"""Bench planning: the attacks x defenses x targets cross product, with every pair whose required
+capabilities the defended target lacks marked ``skipped`` (and why) before anything runs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from invertkit.core.cache import content_key
+from invertkit.core.catalog import BenchSpec, Catalog
+from invertkit.core.errors import UsageError
+from invertkit.core.interfaces.capability import ACCESS_LEVELS, describe
+from invertkit.core.interfaces.config import build_config
+from invertkit.core.plugins import Plugins
+from invertkit.core.registry import unknown
+
+BASELINE = "random-prior"
+
+
+@dataclass(frozen=True)
+class Cell:
+    attack: str
+    defense: str
+    target: str
+    attack_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    defense_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    metrics: tuple[str, ...] = ("attack-acc", "knn-dist")
+    samples_per_identity: int = 8
+    identities: tuple[int, ...] | None = None
+    seed: int = 0
+    status: str = "planned"  # planned | skipped
+    reason: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def key(self, extra: dict[str, Any]) -> str:
+        d = self.describe()
+        d.pop("status")
+        d.pop("reason")
+        return content_key({**d, **extra})
+
+
+@dataclass
+class Plan:
+    name: str
+    spec: BenchSpec
+    cells: list[Cell]
+
+    @property
+    def runnable(self) -> list[Cell]:
+        return [c for c in self.cells if c.status == "planned"]
+
+    @property
+    def skipped(self) -> list[Cell]:
+        return [c for c in self.cells if c.status == "skipped"]
+
+
+def _select(plugins: Plugins, kind: str, names: tuple[str, ...], pattern: str | None) -> list[str]:
+    reg = plugins.registry[kind]
+    chosen: list[str] = []
+    for n in names:
+        chosen.extend(x for x in reg.resolve(n) if x not in chosen)
+    if pattern:
+        wanted = reg.resolve(pattern)
+        chosen = [n for n in wanted]
+    return chosen
+
+
+def make_plan(
+    catalog: Catalog,
+    plugins: Plugins,
+    *,
+    matrix: str = "default",
+    attacks: str | None = None,
+    defenses: str | None = None,
+    targets: str | None = None,
+    options: dict[str, dict[str, Any]] | None = None,
+) -> Plan:
+    """Build the plan of bench matrix ``matrix``; the patterns narrow (or replace) its component lists.
+
+    ``options`` maps ``"attack:gmi"`` / ``"defense:top-k"`` to option overrides, validated here.
+    """
+    spec = catalog.matrix(matrix)
+    attack_names = _select(plugins, "attack", spec.attacks, attacks)
+    defense_names = _select(plugins, "defense", spec.defenses, defenses)
+    if targets:
+        target_names = [t for t in catalog.targets if _match(t, targets)]
+        for t in [t.strip() for t in targets.split(",") if t.strip() and not any(ch in t for ch in "*?[")]:
+            if t not in catalog.targets:
+                raise unknown("target", t, list(catalog.targets))
+    else:
+        target_names = [t for t in catalog.targets if any(_match(t, p) for p in spec.targets)]
+    if not target_names:
+        raise UsageError(f"no target matches '{targets}'")
+    if BASELINE in plugins.registry["attack"] and BASELINE not in attack_names:
+        attack_names.insert(0, BASELINE)  # the baseline row is always in the matrix
+    for m in spec.metrics:
+        plugins.registry["metric"][m]
+    options = options or {}
+    cells: list[Cell] = []
+    for t in target_names:
+        tspec = catalog.target(t)
+        backend = plugins.get("backend", tspec.backend)
+        target_caps = ACCESS_LEVELS[tspec.access] & frozenset(backend.capabilities)
+        for d in defense_names:
+            d_opts = {**spec.defense_options.get(d, {}), **options.get(f"defense:{d}", {})}
+            defense = plugins.get("defense", d)(d_opts)  # validates the options now, before any cell runs
+            left = defense.capabilities(target_caps)
+            for a in attack_names:
+                a_cls = plugins.get("attack", a)
+                a_opts = {**spec.attack_options.get(a, {}), **options.get(f"attack:{a}", {})}
+                build_config(a_cls.Config, a_opts, what=f"attack '{a}'")
+                missing = frozenset(a_cls.requires) - left
+                status, reason = "planned", ""
+                if missing:
+                    status = "skipped"
+                    reason = (f"needs {describe(missing)}; '{t}' under '{d}' exposes {describe(left)}")
+                cells.append(
+                    Cell(
+                        attack=a, defense=d, target=t, attack_options=a_opts, defense_options=d_opts,
+                        metrics=tuple(spec.metrics), samples_per_identity=spec.samples_per_identity,
+                        identities=spec.identities, seed=spec.seed, status=status, reason=reason,
+                    )
+                )
+    return Plan(name=matrix, spec=spec, cells=cells)
+
+
+def _match(name: str, pattern: str) -> bool:
+    import fnmatch
+
+    return any(fnmatch.fnmatchcase(name, p.strip()) for p in pattern.split(",") if p.strip())

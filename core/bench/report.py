@@ -1,0 +1,170 @@
+"""Bench reports: ``results.jsonl`` (one line per cell), ``results.csv``, ``results.md`` and a static
+``report.html`` (the attack x defense matrix as a heatmap and a grid of reconstructions per cell).
+Every file is written atomically."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from invertkit.core.bench.runner import METRIC_KEYS, CellOutcome
+from invertkit.core.cache import atomic_write_bytes, atomic_write_text
+
+COLUMNS = ("attack", "defense", "target", "status", "reason", *METRIC_KEYS)
+
+
+def fmt(v: Any, key: str = "") -> str:
+    if v is None or v == "" or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if key == "queries":
+        return f"{int(v):,}"
+    if key == "seconds":
+        return f"{v:.1f}"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def flat(record: dict[str, Any]) -> dict[str, Any]:
+    row = {k: record.get(k, "") for k in ("attack", "defense", "target", "status", "reason")}
+    for k in METRIC_KEYS:
+        row[k] = record.get("metrics", {}).get(k, "")
+    return row
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+
+def write_csv(path: Path, records: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(COLUMNS))
+    w.writeheader()
+    for r in records:
+        w.writerow(flat(r))
+    atomic_write_text(path, buf.getvalue())
+
+
+def matrix(records: list[dict[str, Any]], key: str = "acc@1") -> tuple[list[str], list[str], dict]:
+    attacks = list(dict.fromkeys(r["attack"] for r in records))
+    defenses = list(dict.fromkeys(r["defense"] for r in records))
+    cell = {}
+    for r in records:
+        cell[(r["target"], r["attack"], r["defense"])] = r
+    return attacks, defenses, cell
+
+
+def cell_text(r: dict[str, Any] | None, key: str) -> str:
+    if r is None:
+        return ""
+    if r["status"] == "skipped":
+        return "skipped"
+    if r["status"] == "failed":
+        return "FAILED"
+    return fmt(r["metrics"].get(key), key)
+
+
+def markdown(records: list[dict[str, Any]], title: str = "invertkit bench") -> str:
+    attacks, defenses, cell = matrix(records)
+    targets = list(dict.fromkeys(r["target"] for r in records))
+    out = [f"# {title}", ""]
+    for t in targets:
+        out += [f"## target `{t}` — attack acc@1 (evaluation model)", ""]
+        out.append("| attack \\ defense | " + " | ".join(defenses) + " |")
+        out.append("|---|" + "---|" * len(defenses))
+        for a in attacks:
+            out.append(f"| {a} | " + " | ".join(cell_text(cell.get((t, a, d)), "acc@1") for d in defenses) + " |")
+        nat = []
+        for d in defenses:
+            vals = [r["metrics"].get("natural_acc") for r in records
+                    if r["target"] == t and r["defense"] == d and r["status"] == "ok"]
+            nat.append(fmt(vals[0], "natural_acc") if vals else "–")
+        out.append("| *natural acc* | " + " | ".join(nat) + " |")
+        out.append("")
+    out += ["## all cells", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in records:
+        row = flat(r)
+        out.append("| " + " | ".join(fmt(row[k], k).replace("|", "/") for k in COLUMNS) + " |")
+    grads = {r["defense"]: r.get("gradient") for r in records if r.get("gradient")}
+    if grads:
+        out += ["", "Gradients through each defense (what a white-box attack differentiates): "
+                + ", ".join(f"`{d}`: {g}" for d, g in grads.items()) + "."]
+    return "\n".join(out) + "\n"
+
+
+def grid_png(images: torch.Tensor, nrow: int) -> bytes:
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    g = make_grid(images[: nrow * 4].float(), nrow=nrow, padding=1, pad_value=0.5)
+    arr = (g.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+    img = Image.fromarray(arr if arr.shape[2] == 3 else arr[:, :, 0])
+    scale = max(1, 160 // max(1, img.width // nrow))
+    img = img.resize((img.width * min(scale, 8), img.height * min(scale, 8)), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def heat(v: Any) -> str:
+    if not isinstance(v, (int, float)) or math.isnan(v):
+        return "#eee"
+    v = max(0.0, min(1.0, float(v)))
+    return f"hsl({int(120 * (1 - v))}, 70%, {int(85 - 30 * v)}%)"
+
+
+def write_html(path: Path, outcomes: list[CellOutcome], title: str) -> None:
+    records = [o.record for o in outcomes]
+    attacks, defenses, cell = matrix(records)
+    targets = list(dict.fromkeys(r["target"] for r in records))
+    by_key = {(o.record["target"], o.record["attack"], o.record["defense"]): o for o in outcomes}
+    h = [f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>",
+         "<style>body{font-family:sans-serif;margin:2em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:center}"
+         "table{border-collapse:collapse;margin-bottom:1.5em}img{image-rendering:pixelated}</style>",
+         f"<h1>{html.escape(title)}</h1>"]
+    for t in targets:
+        h.append(f"<h2>target {html.escape(t)}: attack acc@1 (evaluation model; red = more leakage)</h2><table><tr><th></th>")
+        h += [f"<th>{html.escape(d)}</th>" for d in defenses] + ["</tr>"]
+        for a in attacks:
+            h.append(f"<tr><th>{html.escape(a)}</th>")
+            for d in defenses:
+                r = cell.get((t, a, d))
+                v = r["metrics"].get("acc@1") if r and r["status"] == "ok" else None
+                tip = html.escape(r["reason"]) if r else ""
+                h.append(f"<td title='{tip}' style='background:{heat(v)}'>{html.escape(cell_text(r, 'acc@1'))}</td>")
+            h.append("</tr>")
+        h.append("</table><h3>reconstructions (one row per identity)</h3><table><tr><th></th>")
+        h += [f"<th>{html.escape(d)}</th>" for d in defenses] + ["</tr>"]
+        for a in attacks:
+            h.append(f"<tr><th>{html.escape(a)}</th>")
+            for d in defenses:
+                o = by_key.get((t, a, d))
+                if o is not None and o.images is not None and len(o.images):
+                    per = max(1, int((o.labels == o.labels[0]).sum()))
+                    order = torch.argsort(o.labels, stable=True)
+                    png = base64.b64encode(grid_png(o.images[order], nrow=min(per, 8))).decode()
+                    h.append(f"<td><img src='data:image/png;base64,{png}'></td>")
+                else:
+                    h.append(f"<td>{html.escape(cell_text(o.record if o else None, 'acc@1'))}</td>")
+            h.append("</tr>")
+        h.append("</table>")
+    atomic_write_bytes(path, "\n".join(h).encode())
+
+
+def write_report(out_dir: str | Path, outcomes: list[CellOutcome], title: str = "invertkit bench") -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records = [o.record for o in outcomes]
+    write_jsonl(out / "results.jsonl", records)
+    write_csv(out / "results.csv", records)
+    atomic_write_text(out / "results.md", markdown(records, title))
+    write_html(out / "report.html", outcomes, title)
+    return out

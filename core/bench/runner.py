@@ -1,0 +1,206 @@
+"""Running a plan: each cell is computed once and written atomically into the content-addressed cache;
+a re-run (or a resumed, interrupted one) reads finished cells instead of computing them again. A cell
+that raises is recorded ``failed`` with its error, and the others still run."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+import invertkit
+from invertkit.core.bench.plan import Cell, Plan
+from invertkit.core.cache import atomic_write_json, cache_dir
+from invertkit.core.catalog import Catalog
+from invertkit.core.errors import InvertkitError
+from invertkit.core.interfaces.defense import DefenseContext
+from invertkit.core.interfaces.metric import MetricContext
+from invertkit.core.interfaces.target import TargetModel
+from invertkit.core.plugins import Plugins
+from invertkit.core.zoo.scenario import Scenario, build_scenario, natural_accuracy
+
+METRIC_KEYS = ("acc@1", "acc@5", "knn_dist", "natural_acc", "queries", "seconds")
+
+
+def cells_dir() -> Path:
+    d = cache_dir() / "cells"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def load_target(catalog: Catalog, plugins: Plugins, name: str) -> tuple[TargetModel, Scenario]:
+    spec = catalog.target(name)
+    scenario = build_scenario(spec.preset, catalog, plugins)
+    backend = plugins.get("backend", spec.backend)()
+    target = backend.load(spec, scenario, plugins)
+    target.name = name
+    return target, scenario
+
+
+def metric_context(scenario: Scenario) -> MetricContext:
+    net = scenario.eval_net.eval()
+    return MetricContext(
+        eval_logits=net,
+        eval_features=net.features,
+        private_images=scenario.split.private_train[0],
+        private_labels=scenario.split.private_train[1],
+        num_classes=scenario.num_classes,
+    )
+
+
+@dataclass
+class CellOutcome:
+    record: dict[str, Any]
+    images: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+
+
+def cell_key(cell: Cell, scenario: Scenario) -> str:
+    return cell.key({"invertkit": invertkit.__version__, "scenario": scenario.keys})
+
+
+def run_cell(cell: Cell, catalog: Catalog, plugins: Plugins, *, use_cache: bool = True,
+             natural_cache: dict | None = None) -> CellOutcome:
+    """Compute one cell (or read it from the cache). Never raises for a failure inside the cell."""
+    base = {"attack": cell.attack, "defense": cell.defense, "target": cell.target}
+    if cell.status == "skipped":
+        return CellOutcome({**base, "status": "skipped", "reason": cell.reason, "metrics": {}})
+    try:
+        target, scenario = load_target(catalog, plugins, cell.target)
+        key = cell_key(cell, scenario)
+        rec_path, img_path = cells_dir() / f"{key}.json", cells_dir() / f"{key}.safetensors"
+        if use_cache and rec_path.is_file() and img_path.is_file():
+            record = json.loads(rec_path.read_text())
+            tensors = load_file(str(img_path))
+            record["cached"] = True
+            return CellOutcome(record, tensors["images"], tensors["labels"])
+        defense = plugins.get("defense", cell.defense)(cell.defense_options)
+        ctx = DefenseContext(seed=cell.seed, data=scenario.split)
+        attacked = defense.apply(target, ctx)
+        attack = plugins.get("attack", cell.attack)(cell.attack_options)
+        ids = torch.tensor(cell.identities if cell.identities is not None else range(scenario.num_classes))
+        labels = ids.repeat_interleave(cell.samples_per_identity)
+        result = attack(attacked, labels, prior=scenario.prior, seed=cell.seed)
+        mctx = metric_context(scenario)
+        metrics: dict[str, Any] = {}
+        for m in cell.metrics:
+            metric = plugins.get("metric", m)(mctx)
+            metric.update(result.images, result.labels)
+            metrics.update(metric.compute())
+        nat_key = (cell.target, cell.defense, json.dumps(cell.defense_options, sort_keys=True))
+        if natural_cache is not None and nat_key in natural_cache:
+            metrics["natural_acc"] = natural_cache[nat_key]
+        else:
+            fresh, _ = load_target(catalog, plugins, cell.target)
+            fresh.budget = None
+            defended = defense.apply(fresh, DefenseContext(seed=cell.seed + 1, data=scenario.split))
+            metrics["natural_acc"] = natural_accuracy(defended.label, *scenario.split.private_test)
+            if natural_cache is not None:
+                natural_cache[nat_key] = metrics["natural_acc"]
+        metrics["queries"] = result.queries
+        metrics["seconds"] = round(result.seconds, 3)
+        record = {
+            **base,
+            "status": "ok",
+            "reason": "",
+            "metrics": metrics,
+            "key": key,
+            "gradient": getattr(defense, "gradient", "exact"),
+            "attack_config": result.config,
+            "defense_config": defense.config.model_dump(mode="json"),
+            "samples": len(result),
+            "seed": cell.seed,
+            "invertkit": invertkit.__version__,
+        }
+        save_file({"images": result.images.contiguous(), "labels": result.labels.contiguous()}, str(img_path) + ".tmp")
+        Path(str(img_path) + ".tmp").replace(img_path)
+        atomic_write_json(rec_path, record)  # written last: its presence marks the cell finished
+        record["cached"] = False
+        return CellOutcome(record, result.images, result.labels)
+    except (InvertkitError, Exception) as exc:  # noqa: BLE001 - one failed cell never stops the bench
+        if not isinstance(exc, InvertkitError):
+            traceback.print_exc(file=sys.stderr)
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        return CellOutcome({**base, "status": "failed", "reason": f"{type(exc).__name__}: {msg}", "metrics": {}})
+
+
+class LocalExecutor:
+    """Runs cells one after another in this process (batching happens inside each cell)."""
+
+    name = "local"
+
+    def map(self, cells: list[Cell], fn: Callable[[Cell], CellOutcome]):  # noqa: ANN201
+        for cell in cells:
+            yield fn(cell)
+
+
+class RayExecutor:
+    """Runs cells as Ray tasks (one GPU each when GPUs are present); ``RAY_ADDRESS`` selects a cluster.
+
+    Each task loads the plugins and the scenario itself; trained models come from the shared cache, so
+    point ``INVERTKIT_CACHE`` at a shared filesystem on a multi-node cluster.
+    """
+
+    name = "ray"
+
+    def __init__(self, registry_path: str | None) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise InvertkitError("the ray executor needs Ray: pip install 'invertkit[ray]'") from None
+        self.ray = ray
+        self.registry_path = registry_path
+
+    def map(self, cells: list[Cell], fn: Callable[[Cell], CellOutcome]):  # noqa: ANN201
+        ray = self.ray
+        if not ray.is_initialized():
+            ray.init(ignore_reinit_error=True, log_to_driver=False)
+        gpus = 1 if torch.cuda.is_available() else 0
+        remote = ray.remote(num_gpus=gpus)(_ray_cell)
+        refs = [remote.remote(c, self.registry_path) for c in cells]
+        for ref in refs:
+            record, images, labels = ray.get(ref)
+            yield CellOutcome(record, images, labels)
+
+
+def _ray_cell(cell: Cell, registry_path: str | None):  # noqa: ANN202
+    from invertkit.core.catalog import load_catalog
+    from invertkit.core.plugins import get_plugins
+
+    out = run_cell(cell, load_catalog(registry_path), get_plugins())
+    return out.record, out.images, out.labels
+
+
+def run_bench(plan: Plan, catalog: Catalog, plugins: Plugins, *, use_cache: bool = True, executor=None,
+              progress: Callable[[int, int, dict[str, Any]], None] | None = None) -> list[CellOutcome]:  # noqa: ANN001
+    """Run every cell of ``plan``; returns outcomes in plan order (skipped cells included)."""
+    executor = executor or LocalExecutor()
+    plugins.notify("invertkit_bench_start", plan=plan)
+    natural: dict = {}
+    runnable = plan.runnable
+    done: dict[int, CellOutcome] = {}
+    fn = lambda c: run_cell(c, catalog, plugins, use_cache=use_cache, natural_cache=natural)  # noqa: E731
+    for i, outcome in enumerate(executor.map(runnable, fn)):
+        done[id(runnable[i])] = outcome
+        plugins.notify("invertkit_bench_cell_done", record=outcome.record)
+        if progress is not None:
+            progress(i + 1, len(runnable), outcome.record)
+    outcomes = []
+    for cell in plan.cells:
+        if cell.status == "skipped":
+            outcomes.append(run_cell(cell, catalog, plugins))
+        else:
+            outcomes.append(done[id(cell)])
+    return outcomes
+
+
+def elapsed(t0: float) -> float:
+    return time.perf_counter() - t0

@@ -1,0 +1,129 @@
+"""Content-addressed local cache with atomic writes, and self-describing safetensors checkpoints.
+
+Location: ``$INVERTKIT_CACHE``, else ``$XDG_CACHE_HOME/invertkit``, else ``~/.cache/invertkit``.
+A file is written to a temporary name in the same folder and renamed into place, so a reader sees
+either nothing or the whole file, and an interrupted run never leaves a half-written entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from invertkit.core.errors import CheckpointError
+
+META_KEY = "invertkit"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("INVERTKIT_CACHE")
+    if root:
+        path = Path(root)
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        path = Path(base) / "invertkit"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def content_key(obj: Any, length: int = 20) -> str:
+    return hashlib.sha256(canonical(obj).encode()).hexdigest()[:length]
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
+
+
+def save_module(path: str | Path, module: nn.Module, meta: dict[str, Any]) -> None:
+    """Save ``module``'s state as safetensors with ``meta`` (architecture, shapes, config) in its header."""
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent if path.parent.exists() else None, suffix=".safetensors")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The invertkit metadata of a safetensors file (``{}`` if it has none)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a valid safetensors file: {exc}") from None
+    try:
+        return json.loads(meta.get(META_KEY, "{}"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: invertkit metadata is not valid JSON: {exc}") from None
+
+
+def load_state(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a valid safetensors file: {exc}") from None
+
+
+def load_into(module: nn.Module, path: str | Path) -> nn.Module:
+    """Load a safetensors state into ``module``; missing/unexpected keys or shape mismatches are one clear error."""
+    state = load_state(path)
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not fit {type(module).__name__}: missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise CheckpointError(f"{path}: '{k}' has shape {tuple(v.shape)}, the architecture expects {tuple(own[k].shape)}")
+    module.load_state_dict(state)
+    return module

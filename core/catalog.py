@@ -1,0 +1,199 @@
+"""``registry.toml``: the data-only catalogue of named components, presets, targets and bench matrices.
+
+Entry points say which *code* exists; this file says which named, parametrised instances to run and how
+they pair. It is validated by the pydantic models below and never imports plugin code.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from invertkit.core.errors import RegistryFileError, UnknownNameError
+from invertkit.core.interfaces.capability import ACCESS_LEVELS, Capability
+from invertkit.core.registry import KINDS, unknown
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CatalogueEntry(Strict):
+    """What a bundled component is: its paper, year, threat model and required capabilities."""
+
+    title: str
+    summary: str = ""
+    paper: str = ""
+    year: int | None = None
+    threat_model: str = ""
+    requires: tuple[str, ...] = ()
+
+    @field_validator("requires")
+    @classmethod
+    def _caps(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        known = {c.value for c in Capability}
+        bad = [c for c in v if c not in known]
+        if bad:
+            raise ValueError(f"unknown capabilities {bad}; known: {sorted(known)}")
+        return v
+
+
+class ModelRecipe(Strict):
+    """A classifier trained by the preset's recipe (``core.zoo.train``)."""
+
+    arch: str
+    arch_options: dict[str, Any] = Field(default_factory=dict)
+    epochs: int = Field(30, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    max_shift: int = Field(1, ge=0)
+    seed: int = 0
+
+
+class PriorRecipe(Strict):
+    plugin: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+
+
+class Preset(Strict):
+    """A scenario: a dataset split by identity, the target, the evaluation model and the prior."""
+
+    summary: str = ""
+    dataset: str
+    root: str | None = None
+    private_classes: tuple[int, ...]
+    public_classes: tuple[int, ...]
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    seed: int = 0
+    target: ModelRecipe
+    eval: ModelRecipe
+    prior: PriorRecipe
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> "Preset":
+        both = set(self.private_classes) & set(self.public_classes)
+        if both:
+            raise ValueError(f"private_classes and public_classes overlap: {sorted(both)}")
+        return self
+
+
+class TargetSpec(Strict):
+    """A named target. ``weights = "preset"`` uses the preset's trained target; otherwise a file path
+    (``.safetensors`` for the torch backend, ``.onnx`` for the onnx backend)."""
+
+    preset: str
+    summary: str = ""
+    backend: str = "torch"
+    arch: str | None = None
+    weights: str = "preset"
+    access: Literal["white-box", "black-box", "top-k", "label-only", "embedding"] = "white-box"
+    budget: int | None = Field(None, ge=1)
+
+
+class BenchSpec(Strict):
+    """A bench matrix: names or wildcards of attacks, defenses, targets; per-component options."""
+
+    summary: str = ""
+    attacks: tuple[str, ...]
+    defenses: tuple[str, ...] = ("none",)
+    targets: tuple[str, ...]
+    metrics: tuple[str, ...] = ("attack-acc", "knn-dist")
+    identities: tuple[int, ...] | None = None
+    samples_per_identity: int = Field(8, ge=1)
+    seed: int = 0
+    attack_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    defense_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class Catalog(Strict):
+    schema_version: int = Field(1, alias="schema")
+    catalogue: dict[str, dict[str, CatalogueEntry]] = Field(default_factory=dict)
+    presets: dict[str, Preset] = Field(default_factory=dict)
+    targets: dict[str, TargetSpec] = Field(default_factory=dict)
+    bench: dict[str, BenchSpec] = Field(default_factory=dict)
+
+    @field_validator("catalogue")
+    @classmethod
+    def _kinds(cls, v: dict[str, dict[str, CatalogueEntry]]) -> dict[str, dict[str, CatalogueEntry]]:
+        bad = [k for k in v if k not in KINDS]
+        if bad:
+            raise ValueError(f"unknown catalogue kinds {bad}; known: {list(KINDS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _references(self) -> "Catalog":
+        for name, t in self.targets.items():
+            if t.preset not in self.presets:
+                raise ValueError(f"target '{name}' names preset '{t.preset}', which is not defined")
+        for name, b in self.bench.items():
+            for tn in b.targets:
+                if not any(ch in tn for ch in "*?[") and tn not in self.targets:
+                    raise ValueError(f"bench '{name}' names target '{tn}', which is not defined")
+        return self
+
+    # ------------------------------------------------------------------ lookups
+    def preset(self, name: str) -> Preset:
+        if name not in self.presets:
+            raise unknown("preset", name, list(self.presets))
+        return self.presets[name]
+
+    def target(self, name: str) -> TargetSpec:
+        if name not in self.targets:
+            raise unknown("target", name, list(self.targets))
+        return self.targets[name]
+
+    def matrix(self, name: str) -> BenchSpec:
+        if name not in self.bench:
+            raise unknown("bench matrix", name, list(self.bench))
+        return self.bench[name]
+
+    def entry(self, kind: str, name: str) -> CatalogueEntry | None:
+        return self.catalogue.get(kind, {}).get(name)
+
+
+def access_caps(access: str):  # noqa: ANN201
+    return ACCESS_LEVELS[access]
+
+
+def parse_catalog(text: str, *, source: str = "registry.toml") -> Catalog:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RegistryFileError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        return Catalog.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err.get("loc", ())) or "<root>"
+        raise RegistryFileError(f"{source}: {where}: {err.get('msg')}") from None
+
+
+def load_catalog(path: str | Path | None = None) -> Catalog:
+    """The bundled ``registry.toml``, or a user's file."""
+    if path is None:
+        return _bundled()
+    p = Path(path)
+    if not p.is_file():
+        raise RegistryFileError(f"registry file not found: {p}")
+    return parse_catalog(p.read_text(), source=str(p))
+
+
+@lru_cache(maxsize=1)
+def _bundled() -> Catalog:
+    text = resources.files("invertkit").joinpath("registry.toml").read_text()
+    return parse_catalog(text, source="registry.toml (bundled)")
+
+
+__all__ = ["Catalog", "CatalogueEntry", "Preset", "TargetSpec", "BenchSpec", "load_catalog", "parse_catalog", "UnknownNameError"]

@@ -1,0 +1,75 @@
+"""``Attack``: one inversion method. A plugin states its requirements, its config and its ``run``."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+import time
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from invertkit.core.errors import CapabilityError, UsageError
+from invertkit.core.interfaces.capability import Capabilities, describe
+from invertkit.core.interfaces.config import ComponentConfig, build_config
+from invertkit.core.interfaces.prior import Prior
+from invertkit.core.interfaces.results import AttackResult
+from invertkit.core.interfaces.target import TargetModel
+
+
+class AttackConfig(ComponentConfig):
+    """Fields every attack understands are declared by each attack itself; this is the common base."""
+
+
+class Attack(ABC):
+    """Base class of every attack plugin.
+
+    Class attributes: ``name`` (registry name), ``Config`` (pydantic, paper defaults), ``requires`` (the
+    capabilities the target must expose), ``needs_prior``, ``paper`` (a link) and ``summary``.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[ComponentConfig]] = AttackConfig
+    requires: ClassVar[Capabilities] = frozenset()
+    needs_prior: ClassVar[bool] = True
+    paper: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+
+    def __init__(self, config: ComponentConfig | dict[str, Any] | None = None) -> None:
+        self.config = build_config(self.Config, config, what=f"attack '{self.name}'")
+
+    def check(self, target: TargetModel, prior: Prior | None) -> None:
+        missing = self.requires - target.capabilities
+        if missing:
+            raise CapabilityError(
+                f"attack '{self.name}' needs {describe(self.requires)} but target '{target.name}' "
+                f"exposes {describe(target.capabilities)} (missing {describe(missing)})"
+            )
+        if self.needs_prior and prior is None:
+            raise UsageError(f"attack '{self.name}' needs a prior and none was given")
+
+    def __call__(self, target: TargetModel, labels: Tensor, *, prior: Prior | None = None, seed: int = 0) -> AttackResult:
+        """Check requirements, then :meth:`run` with a seeded generator; the result's ``queries`` and
+        ``seconds`` are measured here, around :meth:`run`, so no attack can under-report them."""
+        self.check(target, prior)
+        generator = torch.Generator().manual_seed(int(seed))
+        torch.manual_seed(int(seed))
+        q0, t0 = target.queries, time.perf_counter()
+        result = self.run(target, torch.as_tensor(labels).long(), prior=prior, seed=int(seed), generator=generator)
+        result.queries = target.queries - q0
+        result.seconds = time.perf_counter() - t0
+        result.seed = int(seed)
+        result.config = self.config.model_dump(mode="json")
+        return result
+
+    @abstractmethod
+    def run(
+        self,
+        target: TargetModel,
+        labels: Tensor,
+        *,
+        prior: Prior | None,
+        seed: int,
+        generator: torch.Generator,
+    ) -> AttackResult:
+        """Reconstruct one or more images for each entry of ``labels`` (identities)."""

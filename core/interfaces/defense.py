@@ -1,0 +1,138 @@
+"""``Defense``: produces the target an attacker faces, never with more capabilities than it was given.
+
+Two kinds:
+
+* **output** defenses (:class:`OutputDefense`) wrap a target and transform the confidence vector it
+  releases. Everything the attacker sees goes through the transform — labels, top-k and, when the
+  target keeps ``grad``, gradients: for a non-differentiable transform (rounding, top-k) the gradient is
+  the *straight-through* one (the forward pass returns the transformed vector, the backward pass that of
+  the undefended one), which the report states.
+* **training** defenses produce a new target by training it; they are given a :class:`DefenseContext`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from invertkit.core.interfaces.capability import Capabilities, Capability
+from invertkit.core.interfaces.config import ComponentConfig, build_config
+from invertkit.core.interfaces.target import TargetModel
+
+C = Capability
+
+#: what an output defense can never release (it would bypass the transform)
+_BYPASSING: Capabilities = frozenset({C.LOGITS, C.FEATURES, C.WEIGHTS})
+
+
+@dataclass
+class DefenseContext:
+    """What a defense may use beyond the target: the scenario's data and a seed."""
+
+    seed: int = 0
+    data: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Defense(ABC):
+    name: ClassVar[str]
+    Config: ClassVar[type[ComponentConfig]] = ComponentConfig
+    kind: ClassVar[Literal["output", "training"]] = "output"
+    paper: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    #: how gradients pass, for the report ("exact", "straight-through", "none")
+    gradient: ClassVar[str] = "exact"
+
+    def __init__(self, config: ComponentConfig | dict[str, Any] | None = None) -> None:
+        self.config = build_config(self.Config, config, what=f"defense '{self.name}'")
+
+    @abstractmethod
+    def capabilities(self, given: Capabilities) -> Capabilities:
+        """The capabilities left to the attacker when the undefended target has ``given``. A subset of it."""
+
+    @abstractmethod
+    def apply(self, target: TargetModel, ctx: DefenseContext | None = None) -> TargetModel:
+        """The defended target."""
+
+
+class OutputDefense(Defense):
+    """A defense that post-processes the released confidence vector.
+
+    Subclasses set ``removes`` and implement :meth:`transform` (``probs -> released probs``, rows summing
+    to one). ``straight_through`` says whether gradients bypass the transform.
+    """
+
+    removes: ClassVar[Capabilities] = frozenset({C.LOGITS, C.FEATURES, C.WEIGHTS})
+    straight_through: ClassVar[bool] = False
+
+    def capabilities(self, given: Capabilities) -> Capabilities:
+        # logits, features and weights would bypass the transform, and DefendedTarget does not serve them:
+        # they go whatever a subclass's ``removes`` says
+        left = frozenset(given) - self.removes - _BYPASSING
+        if C.PROBS not in given and C.TOPK not in given:
+            # nothing to transform: whatever label-level access there was stays as it was
+            return left & {C.LABEL}
+        return left
+
+    @abstractmethod
+    def transform(self, probs: Tensor, generator: torch.Generator) -> Tensor: ...
+
+    def apply(self, target: TargetModel, ctx: DefenseContext | None = None) -> TargetModel:
+        seed = ctx.seed if ctx is not None else 0
+        return DefendedTarget(target, self, seed=seed)
+
+
+class DefendedTarget(TargetModel):
+    """A target seen through an :class:`OutputDefense`."""
+
+    def __init__(self, inner: TargetModel, defense: OutputDefense, *, seed: int = 0) -> None:
+        super().__init__(
+            num_classes=inner.num_classes,
+            input_shape=inner.input_shape,
+            capabilities=defense.capabilities(inner.capabilities),
+            budget=inner.budget,
+            name=f"{inner.name}+{defense.name}",
+        )
+        self.inner = inner
+        self.defense = defense
+        self.generator = torch.Generator().manual_seed(int(seed) + 7919)
+
+    @property
+    def device(self) -> torch.device:
+        return self.inner.device
+
+    def _undefended(self, x: Tensor) -> Tensor:
+        """The wrapped target's full confidence vector: from ``probs``, or else from a top-k of every class.
+
+        (A target with ``topk`` but not ``probs`` still answers ``topk(x, num_classes)``: that *is* the whole
+        vector, so it must go through the transform too. One query per row either way.)
+        """
+        if C.PROBS in self.inner.capabilities:
+            return self.inner.probs(x)
+        values, indices = self.inner.topk(x, self.inner.num_classes)
+        return torch.zeros_like(values).scatter(1, indices, values)
+
+    def _released(self, x: Tensor) -> Tensor:
+        p = self._undefended(x)
+        q = self.defense.transform(p, self.generator).to(p.dtype)
+        if self.defense.straight_through and p.requires_grad:
+            q = p + (q - p).detach()
+        return q
+
+    def _probs(self, x: Tensor) -> Tensor:
+        return self._released(x)
+
+    def _topk(self, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        # only reachable when the wrapped target has ``topk`` (capabilities are a subset), hence ``probs`` or
+        # ``topk``: the released top-k is always the top-k of the *transformed* vector
+        values, indices = torch.topk(self._released(x), k, dim=1)
+        return values, indices
+
+    def _label(self, x: Tensor) -> Tensor:
+        if C.PROBS in self.inner.capabilities or C.TOPK in self.inner.capabilities:
+            return self._released(x).argmax(dim=1)
+        return self.inner.label(x)

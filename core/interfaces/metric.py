@@ -1,0 +1,57 @@
+"""``Metric``: torchmetrics-style ``update / compute / reset`` over attack results.
+
+Metrics judge reconstructions with an *evaluation model* distinct from the target, given through
+:class:`MetricContext`. Implementations accumulate sums so that the value does not depend on how the
+results were split into batches.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from invertkit.core.interfaces.config import ComponentConfig, build_config
+
+
+@dataclass
+class MetricContext:
+    """``eval_logits(x)`` and ``eval_features(x)`` evaluate images with the evaluation model;
+    ``private_images``/``private_labels`` are the target's private training data (the reference set)."""
+
+    eval_logits: Callable[[Tensor], Tensor]
+    eval_features: Callable[[Tensor], Tensor]
+    private_images: Tensor
+    private_labels: Tensor
+    num_classes: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Metric(ABC):
+    name: ClassVar[str]
+    #: the keys :meth:`compute` returns
+    keys: ClassVar[tuple[str, ...]]
+    Config: ClassVar[type[ComponentConfig]] = ComponentConfig
+    #: True if a higher value means a stronger attack (for orderings and reports)
+    higher_is_better: ClassVar[dict[str, bool]] = {}
+    summary: ClassVar[str] = ""
+
+    def __init__(self, ctx: MetricContext, config: ComponentConfig | dict[str, Any] | None = None) -> None:
+        self.ctx = ctx
+        self.config = build_config(self.Config, config, what=f"metric '{self.name}'")
+        self.reset()
+
+    @abstractmethod
+    def reset(self) -> None: ...
+
+    @abstractmethod
+    def update(self, images: Tensor, labels: Tensor) -> None:
+        """Add reconstructions ``images`` (``(N, C, H, W)`` in ``[0, 1]``) for identities ``labels``."""
+
+    @abstractmethod
+    def compute(self) -> dict[str, float]: ...

@@ -1,0 +1,267 @@
+"""``TargetModel``: what an attacker holds, behind an enforced access policy.
+
+Every public method (``logits``, ``probs``, ``log_probs``, ``topk``, ``label``, ``features``) checks the
+capability it needs, validates the input shape, counts one query per input row against the budget
+*before* answering, detaches everything when the target has no ``grad`` capability, and refuses NaN.
+Subclasses implement the private ``_`` methods; wrappers (access levels, defenses) call the *public*
+methods of the target they wrap, so they can never see more than it exposes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from invertkit.core.errors import CapabilityError, NonFiniteError, QueryBudgetExceeded, ShapeError
+from invertkit.core.interfaces.capability import Capabilities, Capability, describe
+
+C = Capability
+
+
+class TargetModel(ABC):
+    """A classifier (or embedding model) as an attacker sees it.
+
+    ``input_shape`` is ``(C, H, W)``; inputs are float images in ``[0, 1]``.
+    ``budget`` is the number of input rows the attacker may submit (``None``: unlimited).
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        input_shape: tuple[int, int, int],
+        capabilities: Capabilities,
+        budget: int | None = None,
+        name: str = "target",
+    ) -> None:
+        self.num_classes = int(num_classes)
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self._capabilities = frozenset(capabilities)
+        self.budget = budget
+        self.queries = 0
+        self.name = name
+
+    # ----------------------------------------------------------------- policy
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def has(self, *wanted: Capability) -> bool:
+        return all(w in self._capabilities for w in wanted)
+
+    def _require(self, cap: Capability) -> None:
+        if cap not in self._capabilities:
+            raise CapabilityError(
+                f"target '{self.name}' does not expose '{cap.value}' "
+                f"(it exposes {describe(self._capabilities)})"
+            )
+
+    def _check_input(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ShapeError(
+                f"target '{self.name}' expects inputs of shape (N, {', '.join(map(str, self.input_shape))}), got {got}"
+            )
+        return x
+
+    def charge(self, n: int) -> None:
+        """Count ``n`` queries, refusing (before anything is answered) past the budget."""
+        if self.budget is not None and self.queries + n > self.budget:
+            raise QueryBudgetExceeded(
+                f"query budget of target '{self.name}' exceeded: {self.queries} used, "
+                f"{n} more asked, budget {self.budget}"
+            )
+        self.queries += n
+
+    def _answer(self, cap: Capability, x: Tensor, fn: Callable[..., object], *args: object):
+        self._require(cap)
+        x = self._check_input(x)
+        self.charge(int(x.shape[0]))
+        if C.GRAD in self._capabilities:
+            out = fn(x, *args)
+        else:
+            with torch.no_grad():
+                out = fn(x.detach(), *args)
+        for t in out if isinstance(out, tuple) else (out,):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise NonFiniteError(f"target '{self.name}' produced non-finite {cap.value}")
+            if C.GRAD not in self._capabilities:
+                t.requires_grad_(False)
+        return out
+
+    # ------------------------------------------------------------ public API
+    def logits(self, x: Tensor) -> Tensor:
+        return self._answer(C.LOGITS, x, self._logits)
+
+    def probs(self, x: Tensor) -> Tensor:
+        return self._answer(C.PROBS, x, self._probs)
+
+    def log_probs(self, x: Tensor) -> Tensor:
+        """Log-confidences from whichever of ``logits``/``probs`` the target exposes (one query per row)."""
+        if C.LOGITS in self._capabilities:
+            return self._answer(C.LOGITS, x, lambda v: torch.log_softmax(self._logits(v), dim=1))
+        return self._answer(C.PROBS, x, lambda v: torch.log(self._probs(v).clamp_min(1e-12)))
+
+    def topk(self, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        k = max(1, min(int(k), self.num_classes))
+        return self._answer(C.TOPK, x, self._topk, k)
+
+    def label(self, x: Tensor) -> Tensor:
+        return self._answer(C.LABEL, x, self._label)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self._answer(C.FEATURES, x, self._features)
+
+    @property
+    def module(self) -> nn.Module:
+        """The underlying network (``weights`` capability)."""
+        self._require(C.WEIGHTS)
+        return self._module()
+
+    def reset_queries(self) -> None:
+        self.queries = 0
+
+    # --------------------------------------------------- for implementations
+    def _logits(self, x: Tensor) -> Tensor:
+        raise CapabilityError(f"target '{self.name}' has no logits")
+
+    def _probs(self, x: Tensor) -> Tensor:
+        return torch.softmax(self._logits(x), dim=1)
+
+    def _topk(self, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        values, indices = torch.topk(self._probs(x), k, dim=1)
+        return values, indices
+
+    def _label(self, x: Tensor) -> Tensor:
+        return self._probs(x).argmax(dim=1)
+
+    def _features(self, x: Tensor) -> Tensor:
+        raise CapabilityError(f"target '{self.name}' has no features")
+
+    def _module(self) -> nn.Module:
+        raise CapabilityError(f"target '{self.name}' has no weights")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, caps={describe(self._capabilities)}, queries={self.queries})"
+
+
+def split_classifier(module: nn.Module) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]] | None:
+    """Return ``(features, head)`` callables for a classifier, or ``None`` if it cannot be split.
+
+    Supported: modules with ``features(x)`` + ``head(f)`` (invertkit's zoo) and timm models
+    (``forward_features`` + ``forward_head(pre_logits=True)`` + ``get_classifier()``).
+    """
+    if callable(getattr(module, "features", None)) and callable(getattr(module, "head", None)):
+        return module.features, module.head  # type: ignore[return-value]
+    if hasattr(module, "forward_features") and hasattr(module, "forward_head") and hasattr(module, "get_classifier"):
+
+        def feats(x: Tensor) -> Tensor:
+            return module.forward_head(module.forward_features(x), pre_logits=True)  # type: ignore[operator]
+
+        return feats, module.get_classifier()  # type: ignore[return-value]
+    return None
+
+
+class TorchTarget(TargetModel):
+    """A local ``nn.Module`` classifier. Undefended, it is white-box: every capability."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        num_classes: int,
+        input_shape: tuple[int, int, int],
+        capabilities: Capabilities | None = None,
+        budget: int | None = None,
+        name: str = "target",
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self._net = module.eval().to(device)
+        for p in self._net.parameters():
+            p.requires_grad_(False)
+        self._split = split_classifier(self._net)
+        full = frozenset(Capability) if self._split else frozenset(Capability) - {C.FEATURES}
+        super().__init__(
+            num_classes=num_classes,
+            input_shape=input_shape,
+            capabilities=full if capabilities is None else frozenset(capabilities) & full,
+            budget=budget,
+            name=name,
+        )
+        self._device = torch.device(device)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def _logits(self, x: Tensor) -> Tensor:
+        return self._net(x.to(self._device))
+
+    def _features(self, x: Tensor) -> Tensor:
+        assert self._split is not None
+        return self._split[0](x.to(self._device))
+
+    def _module(self) -> nn.Module:
+        return self._net
+
+
+class Restricted(TargetModel):
+    """An access level over another target: exposes a subset of its capabilities, and a budget.
+
+    Each answer is obtained through the wrapped target's *public* API.
+    """
+
+    def __init__(self, inner: TargetModel, capabilities: Capabilities, *, budget: int | None = None, name: str | None = None):
+        super().__init__(
+            num_classes=inner.num_classes,
+            input_shape=inner.input_shape,
+            capabilities=frozenset(capabilities) & inner.capabilities,
+            budget=budget,
+            name=name or inner.name,
+        )
+        self.inner = inner
+
+    @property
+    def device(self) -> torch.device:
+        return self.inner.device
+
+    def _logits(self, x: Tensor) -> Tensor:
+        return self.inner.logits(x)
+
+    def _probs(self, x: Tensor) -> Tensor:
+        return self.inner.probs(x)
+
+    def _topk(self, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        return self.inner.topk(x, k)
+
+    def _label(self, x: Tensor) -> Tensor:
+        return self.inner.label(x)
+
+    def _features(self, x: Tensor) -> Tensor:
+        return self.inner.features(x)
+
+    def _module(self) -> nn.Module:
+        return self.inner.module
+
+
+class TargetBackend(ABC):
+    """A target backend plugin: turns a ``registry.toml`` target entry into a :class:`TargetModel`.
+
+    ``load(spec, scenario)`` gets the validated :class:`~invertkit.core.catalog.TargetSpec` and the
+    preset's :class:`~invertkit.core.zoo.scenario.Scenario` (data, trained preset models).
+    """
+
+    name: str
+    summary: str = ""
+    #: the most an attacker can get from this backend (the entry's ``access`` narrows it further)
+    capabilities: Capabilities = frozenset(Capability)
+
+    def load(self, spec, scenario, plugins) -> TargetModel:  # noqa: ANN001
+        raise NotImplementedError

@@ -1,0 +1,151 @@
+"""The one optimisation loop every latent- or pixel-space attack shares.
+
+An attack states only its objective: a per-sample loss to *minimise*, either differentiable (the loop
+takes gradients with autograd) or paired with its own gradient estimate (a black-box estimator, which
+counts its own queries through the target). The loop owns the optimiser, the projection after each
+step, per-sample early stopping, the best-so-far bookkeeping, and batching over all identities x
+restarts at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from invertkit.core.errors import NonFiniteError
+
+#: ``objective(params, index) -> per-sample loss`` (differentiable in params). ``index`` are the rows of
+#: the full batch that ``params`` holds (identities/labels are looked up by it).
+Objective = Callable[[Tensor, Tensor], Tensor]
+#: ``estimate(params, index) -> (per-sample loss, gradient)``: for attacks without autograd access.
+Estimator = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+@dataclass
+class LoopResult:
+    params: Tensor  # the final (or best, if keep_best) parameters, detached
+    loss: Tensor  # per-sample loss of what is returned
+    iterations: Tensor  # per-sample iterations actually run
+
+
+def make_optimizer(kind: str, params: Tensor, lr: float, momentum: float = 0.9, betas=(0.9, 0.999)) -> torch.optim.Optimizer:  # noqa: ANN001
+    if kind == "sgd":
+        return torch.optim.SGD([params], lr=lr, momentum=momentum)
+    if kind == "nesterov":
+        return torch.optim.SGD([params], lr=lr, momentum=momentum, nesterov=True)
+    if kind == "adam":
+        return torch.optim.Adam([params], lr=lr, betas=betas)
+    raise ValueError(f"unknown optimizer '{kind}' (sgd, nesterov, adam)")
+
+
+def optimise(
+    init: Tensor,
+    *,
+    iterations: int,
+    lr: float,
+    objective: Objective | None = None,
+    estimate: Estimator | None = None,
+    optimizer: str = "adam",
+    momentum: float = 0.9,
+    loss_scale: float = 1.0,
+    project: Callable[[Tensor], Tensor] | None = None,
+    keep_best: bool = False,
+    patience: int | None = None,
+    stop_below: float | None = None,
+) -> LoopResult:
+    """Minimise a per-sample loss over a batch of independent parameter rows.
+
+    ``loss_scale`` multiplies every sample's gradient (GMI averages over a batch of 60, i.e. 1/60).
+    ``patience``: a sample stops once its loss has not improved on its best for that many steps.
+    ``stop_below``: a sample stops once its loss is at or below this value. Stopped samples are no longer
+    evaluated (a black-box target is no longer queried for them).
+    """
+    if (objective is None) == (estimate is None):
+        raise ValueError("give exactly one of objective / estimate")
+    params = init.detach().clone().requires_grad_(True)
+    opt = make_optimizer(optimizer, params, lr, momentum)
+    n = params.shape[0]
+    all_idx = torch.arange(n, device=params.device)
+    active = torch.ones(n, dtype=torch.bool, device=params.device)
+    best_loss = torch.full((n,), float("inf"), device=params.device)
+    best = params.detach().clone()
+    since_best = torch.zeros(n, dtype=torch.long, device=params.device)
+    ran = torch.zeros(n, dtype=torch.long, device=params.device)
+    last_loss = torch.full((n,), float("inf"), device=params.device)
+    for _ in range(iterations):
+        if not bool(active.any()):
+            break
+        idx = all_idx[active]
+        opt.zero_grad(set_to_none=True)
+        if objective is not None:
+            sub = params[idx] if idx.numel() < n else params
+            loss = objective(sub, idx)
+            (loss.sum() * loss_scale).backward()
+            loss = loss.detach()
+        else:
+            sub = params.detach()[idx]
+            loss, grad = estimate(sub, idx)  # type: ignore[misc]
+            full = torch.zeros_like(params)
+            full[idx] = grad.to(full.dtype) * loss_scale
+            params.grad = full
+        if not bool(torch.isfinite(loss).all()):
+            raise NonFiniteError("the attack objective became NaN or infinite")
+        # the loss was measured at the parameters *before* this step: record them as candidates
+        improved = loss < best_loss[idx]
+        if keep_best:
+            best[idx[improved]] = params.detach()[idx[improved]]
+        best_loss[idx] = torch.where(improved, loss, best_loss[idx])
+        since_best[idx] = torch.where(improved, torch.zeros_like(since_best[idx]), since_best[idx] + 1)
+        last_loss[idx] = loss
+        ran[idx] += 1
+        if params.grad is not None and idx.numel() < n:
+            params.grad[~active] = 0.0
+        frozen = params.detach()[~active].clone() if idx.numel() < n else None
+        opt.step()
+        with torch.no_grad():
+            if frozen is not None:
+                params[~active] = frozen  # momentum must not move a stopped sample
+            if project is not None:
+                params.copy_(project(params))
+        stop = torch.zeros_like(active)
+        if patience is not None:
+            stop |= since_best >= patience
+        if stop_below is not None:
+            stop |= best_loss <= stop_below
+        active &= ~stop
+    if keep_best:
+        return LoopResult(best, best_loss, ran)
+    return LoopResult(params.detach(), last_loss, ran)
+
+
+def batched(n: int, batch_size: int | None) -> list[slice]:
+    """Slices covering ``range(n)`` in chunks of ``batch_size`` (one chunk when ``None``)."""
+    if not batch_size or batch_size >= n:
+        return [slice(0, n)]
+    return [slice(i, min(n, i + batch_size)) for i in range(0, n, batch_size)]
+
+
+def nes_gradient(
+    f: Callable[[Tensor], Tensor],
+    params: Tensor,
+    *,
+    sigma: float,
+    pairs: int,
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor]:
+    """Natural-evolution-strategies gradient estimate with antithetic Gaussian samples (Ilyas et al. 2018,
+    https://arxiv.org/abs/1804.08598): ``g = 1/(2 sigma P) sum_j [f(p + sigma u_j) - f(p - sigma u_j)] u_j``.
+
+    ``f`` maps a batch of parameter rows to a per-row value; it is called once on all ``2 P`` perturbations
+    of all rows (one batch, so the target sees ``2 P`` queries per row). Returns ``(mean value, gradient)``.
+    """
+    n = params.shape[0]
+    u = torch.randn((n, pairs, *params.shape[1:]), generator=generator).to(params.device, params.dtype)
+    probes = torch.cat([params.unsqueeze(1) + sigma * u, params.unsqueeze(1) - sigma * u], dim=1)
+    values = f(probes.reshape(n * 2 * pairs, *params.shape[1:])).reshape(n, 2 * pairs)
+    diff = (values[:, :pairs] - values[:, pairs:]).reshape(n, pairs, *([1] * (params.dim() - 1)))
+    grad = (diff * u).sum(1) / (2 * sigma * pairs)
+    return values.mean(1), grad

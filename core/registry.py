@@ -1,0 +1,133 @@
+"""The typed registry that plugins fill through their hooks.
+
+One :class:`KindRegistry` per kind of component (a read-only ``Mapping`` from name to :class:`Entry`).
+Plugins never touch it directly: each hook call receives a :class:`Registrar` bound to one kind and to the
+calling plugin's name, so a duplicate is reported with both plugins' names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from invertkit.core.errors import DuplicateNameError, UnknownNameError
+
+KINDS: tuple[str, ...] = ("attack", "defense", "prior", "metric", "backend", "architecture", "dataset")
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str
+    name: str
+    obj: Any
+    plugin: str
+
+
+def suggest(name: str, candidates: list[str] | tuple[str, ...]) -> str | None:
+    """The nearest candidate to ``name`` (edit similarity), if any is close enough."""
+    found = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
+    return found[0] if found else None
+
+
+def unknown(kind: str, name: str, candidates: list[str] | tuple[str, ...]) -> UnknownNameError:
+    near = suggest(name, candidates)
+    hint = f" Did you mean '{near}'?" if near else (f" Known: {', '.join(sorted(candidates))}." if candidates else "")
+    return UnknownNameError(f"Unknown {kind} '{name}'.{hint}")
+
+
+class KindRegistry(Mapping[str, Entry]):
+    """All registered components of one kind, by name."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def add(self, name: str, obj: Any, plugin: str) -> Entry:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{self.kind} name must be a non-empty string, got {name!r}")
+        if name in self._entries:
+            prev = self._entries[name]
+            raise DuplicateNameError(
+                f"{self.kind} '{name}' is registered twice: by plugin '{prev.plugin}' and by plugin '{plugin}'"
+            )
+        entry = Entry(self.kind, name, obj, plugin)
+        self._entries[name] = entry
+        return entry
+
+    def remove(self, name: str) -> Entry:
+        if name not in self._entries:
+            raise unknown(self.kind, name, list(self._entries))
+        return self._entries.pop(name)
+
+    def __getitem__(self, name: str) -> Entry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise unknown(self.kind, name, list(self._entries)) from None
+
+    def get_obj(self, name: str) -> Any:
+        return self[name].obj
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._entries))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def names(self, pattern: str = "*") -> list[str]:
+        """Sorted names matching a shell-style wildcard; a comma separates alternatives (``gmi,nes``)."""
+        pats = [p.strip() for p in pattern.split(",") if p.strip()] or ["*"]
+        return [n for n in sorted(self._entries) if any(fnmatch.fnmatchcase(n, p) for p in pats)]
+
+    def resolve(self, pattern: str) -> list[str]:
+        """Like :meth:`names`, but a plain name (no wildcard) that is unknown raises with a suggestion."""
+        out: list[str] = []
+        for p in [p.strip() for p in pattern.split(",") if p.strip()]:
+            if any(ch in p for ch in "*?["):
+                out.extend(n for n in self.names(p) if n not in out)
+            else:
+                self[p]  # raises UnknownNameError with "did you mean"
+                if p not in out:
+                    out.append(p)
+        return out
+
+
+class Registry:
+    """Every kind's :class:`KindRegistry`."""
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, KindRegistry] = {k: KindRegistry(k) for k in KINDS}
+
+    def __getitem__(self, kind: str) -> KindRegistry:
+        try:
+            return self.kinds[kind]
+        except KeyError:
+            raise unknown("kind", kind, list(KINDS)) from None
+
+    def registrar(self, kind: str, plugin: str) -> "Registrar":
+        return Registrar(self[kind], plugin)
+
+
+class Registrar:
+    """Handed to a plugin's hook: ``register(cls)`` adds one component of this hook's kind.
+
+    The name defaults to the object's ``name`` attribute, then to its ``__name__``.
+    """
+
+    def __init__(self, target: KindRegistry, plugin: str) -> None:
+        self._target = target
+        self.plugin = plugin
+        self.kind = target.kind
+
+    def __call__(self, obj: Any, name: str | None = None) -> Any:
+        name = name or getattr(obj, "name", None) or getattr(obj, "__name__", None)
+        self._target.add(str(name), obj, self.plugin)
+        return obj
+
+    register = __call__

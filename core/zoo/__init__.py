@@ -1,0 +1,1 @@
+"""Training recipes and the scenario builder (targets, evaluation models and priors, cached)."""

@@ -1,0 +1,189 @@
+"""Scenarios: a preset's data split, its target, evaluation model and prior — trained on first use and
+kept in the content-addressed cache (``core.cache``), so a re-run loads instead of training.
+
+A cache key covers the recipe, the data (a fingerprint of the split's tensors) and ``RECIPE_VERSION``;
+change any of them and the model is trained anew under a new key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from invertkit.core.cache import cache_dir, content_key, atomic_write_json, load_into, save_module
+from invertkit.core.catalog import Catalog, ModelRecipe, Preset
+from invertkit.core.data import Split, identity_split
+from invertkit.core.interfaces.prior import Prior, PriorBuilder
+from invertkit.core.plugins import Plugins
+from invertkit.core.zoo.train import accuracy, train_classifier
+
+RECIPE_VERSION = 1
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def fingerprint(*tensors: Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+@dataclass
+class Scenario:
+    name: str
+    preset: Preset
+    split: Split
+    target_net: nn.Module
+    eval_net: nn.Module
+    prior: Prior
+    facts: dict[str, Any] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return self.split.num_classes
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.split.image_shape
+
+
+def _models_dir() -> Path:
+    d = cache_dir() / "models"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def build_arch(plugins: Plugins, recipe: ModelRecipe, num_classes: int, in_shape: tuple[int, int, int]) -> nn.Module:
+    factory = plugins.get("architecture", recipe.arch)
+    return factory(num_classes, in_shape, **recipe.arch_options)
+
+
+def trained_classifier(
+    plugins: Plugins, recipe: ModelRecipe, split: Split, data_key: str, role: str, *, scenario: str
+) -> tuple[nn.Module, dict[str, Any], str]:
+    """The classifier ``recipe`` trains on the private split: from the cache, or trained and cached now."""
+    key = content_key({"v": RECIPE_VERSION, "role": role, "recipe": recipe.model_dump(), "data": data_key})
+    path = _models_dir() / f"{role}-{recipe.arch}-{key}.safetensors"
+    facts_path = path.with_suffix(".json")
+    torch.manual_seed(recipe.seed)
+    net = build_arch(plugins, recipe, split.num_classes, split.image_shape)
+    if path.is_file() and facts_path.is_file():
+        load_into(net, path)
+        net.eval()
+        return net, json.loads(facts_path.read_text()), key
+    log(f"[{scenario}] training {role} '{recipe.arch}' on {len(split.private_train[0])} private images "
+        f"({recipe.epochs} epochs); cached for re-use")
+    report = train_classifier(
+        net,
+        split.private_train,
+        split.private_test,
+        epochs=recipe.epochs,
+        lr=recipe.lr,
+        batch_size=recipe.batch_size,
+        weight_decay=recipe.weight_decay,
+        max_shift=recipe.max_shift,
+        seed=recipe.seed,
+    )
+    facts = {"train_acc": report.train_acc, "test_acc": report.test_acc, "train_seconds": round(report.seconds, 2)}
+    meta = {
+        "arch": recipe.arch,
+        "arch_options": recipe.arch_options,
+        "num_classes": split.num_classes,
+        "input_shape": list(split.image_shape),
+        "role": role,
+        "recipe": recipe.model_dump(),
+        **facts,
+    }
+    save_module(path, net, meta)
+    atomic_write_json(facts_path, facts)
+    log(f"[{scenario}] {role}: test accuracy {report.test_acc:.3f} ({report.seconds:.1f} s)")
+    return net, facts, key
+
+
+def trained_prior(plugins: Plugins, preset: Preset, split: Split, scenario: str) -> tuple[Prior, dict[str, Any], str]:
+    builder_cls = plugins.get("prior", preset.prior.plugin)
+    builder: PriorBuilder = builder_cls(preset.prior.options)
+    public = split.public[0]
+    key = content_key(
+        {"v": RECIPE_VERSION, "plugin": preset.prior.plugin, "cfg": builder.config.model_dump(),
+         "seed": preset.prior.seed, "data": fingerprint(public)}
+    )
+    stem = _models_dir() / f"prior-{preset.prior.plugin}-{key}"
+    torch.manual_seed(preset.prior.seed)
+    nets = builder.networks(split.image_shape)
+    paths = {n: Path(f"{stem}-{n}.safetensors") for n in nets}
+    facts_path = Path(f"{stem}.json")
+    if facts_path.is_file() and all(p.is_file() for p in paths.values()):
+        for n, net in nets.items():
+            load_into(net, paths[n])
+            net.eval()
+        return builder.wrap(nets), json.loads(facts_path.read_text()), key
+    log(f"[{scenario}] training prior '{preset.prior.plugin}' on {len(public)} public images; cached for re-use")
+    facts = builder.train(nets, public, seed=preset.prior.seed)
+    for n, net in nets.items():
+        save_module(paths[n], net, {"prior": preset.prior.plugin, "network": n, "config": builder.config.model_dump(),
+                                   "image_shape": list(split.image_shape)})
+    atomic_write_json(facts_path, facts)
+    log(f"[{scenario}] prior trained ({facts.get('seconds', 0):.1f} s)")
+    return builder.wrap(nets), facts, key
+
+
+_MEMO: dict[str, Scenario] = {}
+
+
+def load_split(plugins: Plugins, preset: Preset) -> Split:
+    adapter = plugins.get("dataset", preset.dataset)()
+    x, y = adapter.load(preset.root)
+    return identity_split(
+        x, y, preset.private_classes, preset.public_classes, test_fraction=preset.test_fraction, seed=preset.seed
+    )
+
+
+def build_scenario(name: str, catalog: Catalog, plugins: Plugins) -> Scenario:
+    """The preset ``name``'s scenario, trained on first use and cached (in memory and on disk)."""
+    preset = catalog.preset(name)
+    memo_key = content_key({"name": name, "preset": preset.model_dump(), "cache": str(cache_dir())})
+    if memo_key in _MEMO:
+        return _MEMO[memo_key]
+    t0 = time.perf_counter()
+    split = load_split(plugins, preset)
+    data_key = fingerprint(*split.private_train, *split.private_test)
+    target, t_facts, t_key = trained_classifier(plugins, preset.target, split, data_key, "target", scenario=name)
+    evaluator, e_facts, e_key = trained_classifier(plugins, preset.eval, split, data_key, "eval", scenario=name)
+    prior, p_facts, p_key = trained_prior(plugins, preset, split, name)
+    sc = Scenario(
+        name=name,
+        preset=preset,
+        split=split,
+        target_net=target,
+        eval_net=evaluator,
+        prior=prior,
+        facts={"target": t_facts, "eval": e_facts, "prior": p_facts, "load_seconds": time.perf_counter() - t0},
+        keys={"target": t_key, "eval": e_key, "prior": p_key, "data": data_key},
+    )
+    _MEMO[memo_key] = sc
+    return sc
+
+
+def natural_accuracy(target_label_fn, x: Tensor, y: Tensor, batch_size: int = 512) -> float:  # noqa: ANN001
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            correct += int((target_label_fn(x[i : i + batch_size]).cpu() == y[i : i + batch_size]).sum())
+    return correct / max(1, len(x))
+
+
+__all__ = ["Scenario", "build_scenario", "natural_accuracy", "accuracy"]

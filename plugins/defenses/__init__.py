@@ -1,0 +1,1 @@
+"""Bundled defenses: each module is a pluggy plugin registered through the ``invertkit`` entry-point group."""

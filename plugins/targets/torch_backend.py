@@ -1,0 +1,87 @@
+"""The torch target backend: an architecture (invertkit's zoo or timm) plus self-describing safetensors weights.
+
+``weights = "preset"`` takes the scenario's trained target. A ``.safetensors`` file is loaded into
+``arch`` (or, if the entry names none, the architecture recorded in the file's invertkit metadata). Pickled
+checkpoints (``.pt``/``.pth``/``.ckpt``) are refused unless ``INVERTKIT_ALLOW_PICKLE=1`` is set: unpickling
+runs code from the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from invertkit.core.cache import load_into, read_meta
+from invertkit.core.errors import CheckpointError
+from invertkit.core.hookspecs import hookimpl
+from invertkit.core.interfaces.capability import ACCESS_LEVELS
+from invertkit.core.interfaces.target import TargetBackend, TargetModel, TorchTarget
+
+PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl"}
+
+
+def build_module(plugins, arch: str, num_classes: int, in_shape: tuple[int, int, int], options: dict | None = None) -> nn.Module:  # noqa: ANN001
+    """An architecture from the registry, or ``timm:<name>`` from timm (no pretrained download)."""
+    options = dict(options or {})
+    if arch.startswith("timm:"):
+        import timm
+
+        return timm.create_model(arch[5:], pretrained=False, num_classes=num_classes, in_chans=in_shape[0], **options)
+    return plugins.get("architecture", arch)(num_classes, in_shape, **options)
+
+
+def load_weights(module: nn.Module, path: str | Path) -> nn.Module:
+    path = Path(path)
+    if path.suffix in PICKLE_SUFFIXES:
+        if os.environ.get("INVERTKIT_ALLOW_PICKLE") != "1":
+            raise CheckpointError(
+                f"{path} is a pickled checkpoint; unpickling runs code from the file. Convert it to safetensors, "
+                "or set INVERTKIT_ALLOW_PICKLE=1 if you trust it"
+            )
+        if not path.is_file():
+            raise CheckpointError(f"weights file not found: {path}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointError(f"{path}: cannot be read as a torch checkpoint: {exc}") from None
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        try:
+            module.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path} does not fit {type(module).__name__}: {str(exc).splitlines()[0]}") from None
+        return module
+    return load_into(module, path)
+
+
+class TorchBackend(TargetBackend):
+    name = "torch"
+    summary = "nn.Module architecture + safetensors weights (white-box capable)"
+
+    def load(self, spec, scenario, plugins) -> TargetModel:  # noqa: ANN001
+        caps = ACCESS_LEVELS[spec.access]
+        if spec.weights == "preset":
+            net = scenario.target_net
+        else:
+            meta = read_meta(spec.weights) if Path(spec.weights).suffix == ".safetensors" else {}
+            arch = spec.arch or meta.get("arch")
+            if not arch:
+                raise CheckpointError(f"{spec.weights}: no 'arch' given and none recorded in the file")
+            net = build_module(plugins, arch, scenario.num_classes, scenario.image_shape, meta.get("arch_options"))
+            load_weights(net, spec.weights)
+        return TorchTarget(
+            net,
+            num_classes=scenario.num_classes,
+            input_shape=scenario.image_shape,
+            capabilities=caps,
+            budget=spec.budget,
+            name="target",
+        )
+
+
+@hookimpl
+def invertkit_register_target_backends(register) -> None:
+    register(TorchBackend)
