@@ -100,6 +100,7 @@ class TargetSpec(Strict):
     weights: str = "preset"
     access: Literal["white-box", "black-box", "top-k", "label-only", "embedding"] = "white-box"
     budget: int | None = Field(None, ge=1)
+    top_k: int = Field(1, ge=1, description="with access = 'top-k': how many confidences the API releases")
 
 
 class BenchSpec(Strict):

@@ -42,6 +42,8 @@ def load_target(catalog: Catalog, plugins: Plugins, name: str) -> tuple[TargetMo
     backend = plugins.get("backend", spec.backend)()
     target = backend.load(spec, scenario, plugins)
     target.name = name
+    if spec.access == "top-k":
+        target.max_topk = spec.top_k
     return target, scenario
 
 

@@ -96,6 +96,7 @@ class DefendedTarget(TargetModel):
             capabilities=defense.capabilities(inner.capabilities),
             budget=inner.budget,
             name=f"{inner.name}+{defense.name}",
+            max_topk=inner.max_topk,
         )
         self.inner = inner
         self.defense = defense
@@ -114,7 +115,11 @@ class DefendedTarget(TargetModel):
         if C.PROBS in self.inner.capabilities:
             return self.inner.probs(x)
         values, indices = self.inner.topk(x, self.inner.num_classes)
-        return torch.zeros_like(values).scatter(1, indices, values)
+        full = torch.zeros(values.shape[0], self.inner.num_classes, dtype=values.dtype, device=values.device)
+        full = full.scatter(1, indices, values)
+        if values.shape[1] < self.inner.num_classes:  # a capped top-k: what is visible, as a distribution
+            full = full / full.sum(1, keepdim=True).clamp_min(1e-12)
+        return full
 
     def _released(self, x: Tensor) -> Tensor:
         p = self._undefended(x)

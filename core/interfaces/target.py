@@ -36,8 +36,11 @@ class TargetModel(ABC):
         capabilities: Capabilities,
         budget: int | None = None,
         name: str = "target",
+        max_topk: int | None = None,
     ) -> None:
         self.num_classes = int(num_classes)
+        #: the most entries ``topk`` releases (``None``: up to ``num_classes``); a top-k API's ``k``
+        self.max_topk = max_topk
         self.input_shape = tuple(int(s) for s in input_shape)
         self._capabilities = frozenset(capabilities)
         self.budget = budget
@@ -83,12 +86,17 @@ class TargetModel(ABC):
     def _answer(self, cap: Capability, x: Tensor, fn: Callable[..., object], *args: object):
         self._require(cap)
         x = self._check_input(x)
-        self.charge(int(x.shape[0]))
-        if C.GRAD in self._capabilities:
-            out = fn(x, *args)
-        else:
-            with torch.no_grad():
-                out = fn(x.detach(), *args)
+        n = int(x.shape[0])
+        self.charge(n)
+        try:
+            if C.GRAD in self._capabilities:
+                out = fn(x, *args)
+            else:
+                with torch.no_grad():
+                    out = fn(x.detach(), *args)
+        except QueryBudgetExceeded:
+            self.queries -= n  # a wrapped target refused: nothing was answered, so nothing is counted
+            raise
         for t in out if isinstance(out, tuple) else (out,):
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise NonFiniteError(f"target '{self.name}' produced non-finite {cap.value}")
@@ -110,7 +118,8 @@ class TargetModel(ABC):
         return self._answer(C.PROBS, x, lambda v: torch.log(self._probs(v).clamp_min(1e-12)))
 
     def topk(self, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        k = max(1, min(int(k), self.num_classes))
+        """The ``k`` largest confidences and their labels; at most ``max_topk`` of them."""
+        k = max(1, min(int(k), self.num_classes, self.max_topk or self.num_classes))
         return self._answer(C.TOPK, x, self._topk, k)
 
     def label(self, x: Tensor) -> Tensor:
@@ -218,13 +227,16 @@ class Restricted(TargetModel):
     Each answer is obtained through the wrapped target's *public* API.
     """
 
-    def __init__(self, inner: TargetModel, capabilities: Capabilities, *, budget: int | None = None, name: str | None = None):
+    def __init__(self, inner: TargetModel, capabilities: Capabilities, *, budget: int | None = None,
+                 name: str | None = None, max_topk: int | None = None):
+        limits = [m for m in (max_topk, inner.max_topk) if m is not None]
         super().__init__(
             num_classes=inner.num_classes,
             input_shape=inner.input_shape,
             capabilities=frozenset(capabilities) & inner.capabilities,
             budget=budget,
             name=name or inner.name,
+            max_topk=min(limits) if limits else None,
         )
         self.inner = inner
 

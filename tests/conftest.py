@@ -1,0 +1,51 @@
+"""Shared fixtures: an isolated cache for the whole session and the tiny test registry."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+REPO = TESTS.parent
+TINY_REGISTRY = TESTS / "data" / "registry-tiny.toml"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Every test session trains into (and reads from) its own cache, never the user's."""
+    old = os.environ.get("INVERTKIT_CACHE")
+    os.environ["INVERTKIT_CACHE"] = str(tmp_path_factory.mktemp("invertkit-cache"))
+    yield
+    if old is None:
+        os.environ.pop("INVERTKIT_CACHE", None)
+    else:
+        os.environ["INVERTKIT_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_registry() -> Path:
+    return TINY_REGISTRY
+
+
+@pytest.fixture(scope="session")
+def tiny_catalog(tiny_registry: Path):
+    from invertkit.core.catalog import load_catalog
+
+    return load_catalog(tiny_registry)
+
+
+@pytest.fixture(scope="session")
+def plugins():
+    from invertkit.core.plugins import get_plugins
+
+    return get_plugins()
+
+
+@pytest.fixture(scope="session")
+def tiny_scenario(tiny_catalog, plugins):
+    """The tiny digits scenario, trained once per session (about 15 s on two cores)."""
+    from invertkit.core.zoo.scenario import build_scenario
+
+    return build_scenario("digits-tiny", tiny_catalog, plugins)
