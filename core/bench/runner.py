@@ -21,11 +21,10 @@ from invertkit.core.bench.plan import Cell, Plan
 from invertkit.core.cache import atomic_write_json, cache_dir
 from invertkit.core.catalog import Catalog
 from invertkit.core.errors import InvertkitError
-from invertkit.core.interfaces.defense import DefenseContext
 from invertkit.core.interfaces.metric import MetricContext
 from invertkit.core.interfaces.target import TargetModel
 from invertkit.core.plugins import Plugins
-from invertkit.core.zoo.scenario import Scenario, build_scenario, natural_accuracy
+from invertkit.core.zoo.scenario import Scenario, build_scenario, defense_context, natural_accuracy
 
 METRIC_KEYS = ("acc@1", "acc@5", "knn_dist", "natural_acc", "queries", "seconds")
 
@@ -85,13 +84,17 @@ def run_cell(cell: Cell, catalog: Catalog, plugins: Plugins, *, use_cache: bool 
             record["cached"] = True
             return CellOutcome(record, tensors["images"], tensors["labels"])
         defense = plugins.get("defense", cell.defense)(cell.defense_options)
-        ctx = DefenseContext(seed=cell.seed, data=scenario.split)
+        ctx = defense_context(scenario, plugins, seed=cell.seed)
         attacked = defense.apply(target, ctx)
         attack = plugins.get("attack", cell.attack)(cell.attack_options)
         ids = torch.tensor(cell.identities if cell.identities is not None else range(scenario.num_classes))
         labels = ids.repeat_interleave(cell.samples_per_identity)
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         result = attack(attacked, labels, prior=scenario.prior, seed=cell.seed)
         mctx = metric_context(scenario)
+        mctx.extras["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan")
         metrics: dict[str, Any] = {}
         for m in cell.metrics:
             metric = plugins.get("metric", m)(mctx)
@@ -103,7 +106,7 @@ def run_cell(cell: Cell, catalog: Catalog, plugins: Plugins, *, use_cache: bool 
         else:
             fresh, _ = load_target(catalog, plugins, cell.target)
             fresh.budget = None
-            defended = defense.apply(fresh, DefenseContext(seed=cell.seed + 1, data=scenario.split))
+            defended = defense.apply(fresh, defense_context(scenario, plugins, seed=cell.seed))
             metrics["natural_acc"] = natural_accuracy(defended.label, *scenario.split.private_test)
             if natural_cache is not None:
                 natural_cache[nat_key] = metrics["natural_acc"]
@@ -118,6 +121,7 @@ def run_cell(cell: Cell, catalog: Catalog, plugins: Plugins, *, use_cache: bool 
             "gradient": getattr(defense, "gradient", "exact"),
             "attack_config": result.config,
             "defense_config": defense.config.model_dump(mode="json"),
+            "defense_report": defense.report(),
             "samples": len(result),
             "seed": cell.seed,
             "invertkit": invertkit.__version__,
@@ -160,6 +164,7 @@ class RayExecutor:
             raise InvertkitError("the ray executor needs Ray: pip install 'invertkit[ray]'") from None
         self.ray = ray
         self.registry_path = registry_path
+        self.use_cache = True
 
     def map(self, cells: list[Cell], fn: Callable[[Cell], CellOutcome]):  # noqa: ANN201
         ray = self.ray
@@ -167,17 +172,17 @@ class RayExecutor:
             ray.init(ignore_reinit_error=True, log_to_driver=False)
         gpus = 1 if torch.cuda.is_available() else 0
         remote = ray.remote(num_gpus=gpus)(_ray_cell)
-        refs = [remote.remote(c, self.registry_path) for c in cells]
+        refs = [remote.remote(c, self.registry_path, self.use_cache) for c in cells]
         for ref in refs:
             record, images, labels = ray.get(ref)
             yield CellOutcome(record, images, labels)
 
 
-def _ray_cell(cell: Cell, registry_path: str | None):  # noqa: ANN202
+def _ray_cell(cell: Cell, registry_path: str | None, use_cache: bool):  # noqa: ANN202
     from invertkit.core.catalog import load_catalog
     from invertkit.core.plugins import get_plugins
 
-    out = run_cell(cell, load_catalog(registry_path), get_plugins())
+    out = run_cell(cell, load_catalog(registry_path), get_plugins(), use_cache=use_cache)
     return out.record, out.images, out.labels
 
 
@@ -185,6 +190,8 @@ def run_bench(plan: Plan, catalog: Catalog, plugins: Plugins, *, use_cache: bool
               progress: Callable[[int, int, dict[str, Any]], None] | None = None) -> list[CellOutcome]:  # noqa: ANN001
     """Run every cell of ``plan``; returns outcomes in plan order (skipped cells included)."""
     executor = executor or LocalExecutor()
+    if hasattr(executor, "use_cache"):
+        executor.use_cache = use_cache
     plugins.notify("invertkit_bench_start", plan=plan)
     natural: dict = {}
     runnable = plan.runnable

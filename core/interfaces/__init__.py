@@ -3,11 +3,11 @@
 from invertkit.core.interfaces.attack import Attack, AttackConfig
 from invertkit.core.interfaces.capability import ACCESS_LEVELS, Capabilities, Capability, caps
 from invertkit.core.interfaces.config import ComponentConfig, build_config, parse_overrides
-from invertkit.core.interfaces.defense import DefendedTarget, Defense, DefenseContext, OutputDefense
+from invertkit.core.interfaces.defense import DefendedTarget, Defense, DefenseContext, OutputDefense, TrainingDefense
 from invertkit.core.interfaces.metric import Metric, MetricContext
 from invertkit.core.interfaces.prior import Prior
 from invertkit.core.interfaces.results import AttackResult
-from invertkit.core.interfaces.target import Restricted, TargetModel, TorchTarget, split_classifier
+from invertkit.core.interfaces.target import Restricted, TargetBackend, TargetModel, TorchTarget, retarget, split_classifier
 
 __all__ = [
     "ACCESS_LEVELS",
@@ -25,7 +25,10 @@ __all__ = [
     "OutputDefense",
     "Prior",
     "Restricted",
+    "TargetBackend",
     "TargetModel",
+    "TrainingDefense",
+    "retarget",
     "TorchTarget",
     "build_config",
     "caps",

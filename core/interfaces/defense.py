@@ -13,6 +13,7 @@ Two kinds:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -31,10 +32,21 @@ _BYPASSING: Capabilities = frozenset({C.LOGITS, C.FEATURES, C.WEIGHTS})
 
 @dataclass
 class DefenseContext:
-    """What a defense may use beyond the target: the scenario's data and a seed."""
+    """What a defense may use beyond the target.
+
+    Output defenses only need ``seed``. Training-time defenses get the scenario: ``data`` (a
+    :class:`~invertkit.core.data.Split`: private train/test, public), ``recipe`` (the target's training
+    recipe, a :class:`~invertkit.core.catalog.ModelRecipe`), ``new_model()`` (a fresh, untrained network of
+    the target's architecture) and ``cached(key, train, build=None)`` which returns the network ``train()``
+    produces, trained once per content key and kept in the local cache; ``build()`` makes an empty network
+    to load it into (default ``new_model``) — see :func:`invertkit.core.zoo.scenario.defense_context`.
+    """
 
     seed: int = 0
     data: Any = None
+    recipe: Any = None
+    new_model: Callable[[], Any] | None = None
+    cached: Callable[..., Any] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -53,6 +65,10 @@ class Defense(ABC):
     @abstractmethod
     def capabilities(self, given: Capabilities) -> Capabilities:
         """The capabilities left to the attacker when the undefended target has ``given``. A subset of it."""
+
+    def report(self) -> dict[str, Any]:
+        """Facts about the defense as applied (e.g. DP-SGD's spent epsilon), for the bench record."""
+        return {}
 
     @abstractmethod
     def apply(self, target: TargetModel, ctx: DefenseContext | None = None) -> TargetModel:
@@ -141,3 +157,31 @@ class DefendedTarget(TargetModel):
         if C.PROBS in self.inner.capabilities or C.TOPK in self.inner.capabilities:
             return self._released(x).argmax(dim=1)
         return self.inner.label(x)
+
+
+class TrainingDefense(Defense):
+    """A defense that trains a new target (DP-SGD, MID, BiDO, ...). It keeps the capabilities it was given:
+    the attacker gets the same access to a differently trained model.
+
+    Subclasses implement :meth:`train` (``ctx.new_model()`` -> trained module); :meth:`apply` caches the
+    result by (defense, config, recipe, data) and wraps it like the original target.
+    """
+
+    kind = "training"
+
+    def capabilities(self, given: Capabilities) -> Capabilities:
+        return frozenset(given)
+
+    @abstractmethod
+    def train(self, ctx: DefenseContext) -> Any:
+        """Return the defended network (an ``nn.Module`` whose forward gives logits)."""
+
+    def apply(self, target: TargetModel, ctx: DefenseContext | None = None) -> TargetModel:
+        from invertkit.core.errors import UsageError
+        from invertkit.core.interfaces.target import retarget
+
+        if ctx is None or ctx.cached is None or ctx.new_model is None:
+            raise UsageError(f"training-time defense '{self.name}' needs the scenario (data, recipe); run it through the bench")
+        key = {"defense": self.name, "config": self.config.model_dump(mode="json"), "seed": ctx.seed}
+        net = ctx.cached(key, lambda: self.train(ctx))
+        return retarget(target, net)

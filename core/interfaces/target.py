@@ -277,3 +277,18 @@ class TargetBackend(ABC):
 
     def load(self, spec, scenario, plugins) -> TargetModel:  # noqa: ANN001
         raise NotImplementedError
+
+
+def retarget(target: TargetModel, module: nn.Module) -> TargetModel:
+    """A target over ``module`` with the same access as ``target`` (capabilities, budget, name, top-k cap)."""
+    out = TorchTarget(
+        module,
+        num_classes=target.num_classes,
+        input_shape=target.input_shape,
+        capabilities=target.capabilities,
+        budget=target.budget,
+        name=target.name,
+        device=target.device,
+    )
+    out.max_topk = target.max_topk
+    return out

@@ -178,6 +178,39 @@ def build_scenario(name: str, catalog: Catalog, plugins: Plugins) -> Scenario:
     return sc
 
 
+def cached_model(key_obj: dict[str, Any], train, build, *, label: str = "model") -> nn.Module:  # noqa: ANN001
+    """The network ``train()`` returns, trained once per content key; later calls load it into ``build()``."""
+    key = content_key({"v": RECIPE_VERSION, **key_obj})
+    path = _models_dir() / f"{label}-{key}.safetensors"
+    if path.is_file():
+        net = build()
+        load_into(net, path)
+        return net.eval()
+    log(f"training {label} ({key}); cached for re-use")
+    t0 = time.perf_counter()
+    net = train()
+    save_module(path, net, {"label": label, "key": key_obj, "train_seconds": round(time.perf_counter() - t0, 2)})
+    return net.eval()
+
+
+def defense_context(scenario: Scenario, plugins: Plugins, seed: int = 0):  # noqa: ANN201
+    """The :class:`~invertkit.core.interfaces.defense.DefenseContext` of a scenario: its data, the target's
+    recipe, fresh target networks and a content-addressed cache for defended models."""
+    from invertkit.core.interfaces.defense import DefenseContext
+
+    recipe = scenario.preset.target
+
+    def new_model() -> nn.Module:
+        return build_arch(plugins, recipe, scenario.num_classes, scenario.image_shape)
+
+    def cached(key: dict[str, Any], train, build=None) -> nn.Module:  # noqa: ANN001
+        full = {**key, "recipe": recipe.model_dump(), "data": scenario.keys.get("data"), "target": scenario.keys.get("target")}
+        return cached_model(full, train, build or new_model, label=f"defended-{key.get('defense', 'model')}")
+
+    return DefenseContext(seed=seed, data=scenario.split, recipe=recipe, new_model=new_model, cached=cached,
+                          extras={"scenario": scenario, "target_net": scenario.target_net})
+
+
 def natural_accuracy(target_label_fn, x: Tensor, y: Tensor, batch_size: int = 512) -> float:  # noqa: ANN001
     correct = 0
     with torch.no_grad():
