@@ -71,11 +71,13 @@ def save_module(path: str | Path, module: nn.Module, meta: dict[str, Any]) -> No
     """Save ``module``'s state as safetensors with ``meta`` (architecture, shapes, config) in its header."""
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent if path.parent.exists() else None, suffix=".safetensors")
+    # the temporary file must live in the destination folder: a rename is only atomic (or even possible,
+    # across filesystems) within one filesystem
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         save_file(state, tmp, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
-        path.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -96,9 +98,12 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a valid safetensors file: {exc}") from None
     try:
-        return json.loads(meta.get(META_KEY, "{}"))
+        out = json.loads(meta.get(META_KEY, "{}"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: invertkit metadata is not valid JSON: {exc}") from None
+    if not isinstance(out, dict):
+        raise CheckpointError(f"{path}: invertkit metadata is not a JSON object (got {type(out).__name__})")
+    return out
 
 
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:

@@ -27,7 +27,9 @@ Estimator = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 @dataclass
 class LoopResult:
     params: Tensor  # the final (or best, if keep_best) parameters, detached
-    loss: Tensor  # per-sample loss of what is returned
+    #: per-sample loss: with keep_best, of the returned (best) parameters; otherwise as last evaluated, i.e.
+    #: before the final step (evaluating once more would cost a black-box attack one more round of queries)
+    loss: Tensor
     iterations: Tensor  # per-sample iterations actually run
 
 
@@ -70,11 +72,12 @@ def optimise(
     n = params.shape[0]
     all_idx = torch.arange(n, device=params.device)
     active = torch.ones(n, dtype=torch.bool, device=params.device)
-    best_loss = torch.full((n,), float("inf"), device=params.device)
+    # losses are kept in the parameters' dtype (a float64 problem must not fail on a float32 buffer)
+    best_loss = torch.full((n,), float("inf"), device=params.device, dtype=params.dtype)
     best = params.detach().clone()
     since_best = torch.zeros(n, dtype=torch.long, device=params.device)
     ran = torch.zeros(n, dtype=torch.long, device=params.device)
-    last_loss = torch.full((n,), float("inf"), device=params.device)
+    last_loss = torch.full((n,), float("inf"), device=params.device, dtype=params.dtype)
     for _ in range(iterations):
         if not bool(active.any()):
             break
@@ -91,6 +94,7 @@ def optimise(
             full = torch.zeros_like(params)
             full[idx] = grad.to(full.dtype) * loss_scale
             params.grad = full
+        loss = loss.detach().to(device=params.device, dtype=params.dtype)
         if not bool(torch.isfinite(loss).all()):
             raise NonFiniteError("the attack objective became NaN or infinite")
         # the loss was measured at the parameters *before* this step: record them as candidates
@@ -106,10 +110,12 @@ def optimise(
         frozen = params.detach()[~active].clone() if idx.numel() < n else None
         opt.step()
         with torch.no_grad():
-            if frozen is not None:
-                params[~active] = frozen  # momentum must not move a stopped sample
             if project is not None:
                 params.copy_(project(params))
+            if frozen is not None:
+                # after the projection: neither momentum nor a non-idempotent projection (a denoising blur)
+                # may move a stopped sample
+                params[~active] = frozen
         stop = torch.zeros_like(active)
         if patience is not None:
             stop |= since_best >= patience

@@ -33,9 +33,15 @@ def fmt(v: Any, key: str = "") -> str:
     return str(v)
 
 
-def flat(record: dict[str, Any]) -> dict[str, Any]:
+def columns(records: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The fixed columns, then any further metric keys the cells report, in first-seen order."""
+    extra = [k for r in records for k in r.get("metrics", {}) if k not in COLUMNS]
+    return COLUMNS + tuple(dict.fromkeys(extra))
+
+
+def flat(record: dict[str, Any], cols: tuple[str, ...] = COLUMNS) -> dict[str, Any]:
     row = {k: record.get(k, "") for k in ("attack", "defense", "target", "status", "reason")}
-    for k in METRIC_KEYS:
+    for k in cols[5:]:
         row[k] = record.get("metrics", {}).get(k, "")
     return row
 
@@ -46,10 +52,11 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
 
 def write_csv(path: Path, records: list[dict[str, Any]]) -> None:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(COLUMNS))
+    cols = columns(records)
+    w = csv.DictWriter(buf, fieldnames=list(cols))
     w.writeheader()
     for r in records:
-        w.writerow(flat(r))
+        w.writerow(flat(r, cols))
     atomic_write_text(path, buf.getvalue())
 
 
@@ -89,10 +96,11 @@ def markdown(records: list[dict[str, Any]], title: str = "invertkit bench") -> s
             nat.append(fmt(vals[0], "natural_acc") if vals else "–")
         out.append("| *natural acc* | " + " | ".join(nat) + " |")
         out.append("")
-    out += ["## all cells", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    cols = columns(records)
+    out += ["## all cells", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in records:
-        row = flat(r)
-        out.append("| " + " | ".join(fmt(row[k], k).replace("|", "/") for k in COLUMNS) + " |")
+        row = flat(r, cols)
+        out.append("| " + " | ".join(fmt(row[k], k).replace("|", "/") for k in cols) + " |")
     grads = {r["defense"]: r.get("gradient") for r in records if r.get("gradient")}
     if grads:
         out += ["", "Gradients through each defense (what a white-box attack differentiates): "

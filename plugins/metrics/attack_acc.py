@@ -1,5 +1,8 @@
 """Attack accuracy: how often the *evaluation model* (not the target) classifies a reconstruction as the
-identity it was made for — top-1 and top-5 (GMI, KEDMI and successors report both)."""
+identity it was made for — top-1 and top-5 (GMI, KEDMI and successors report both;
+https://arxiv.org/abs/1911.07135) — and the spread of top-1 accuracy over identities
+(``acc@1_class_std``: the population standard deviation, over the identities attacked, of each
+identity's top-1 accuracy; 0 when every identity is recovered equally often)."""
 
 from __future__ import annotations
 
@@ -12,14 +15,17 @@ from invertkit.core.interfaces.metric import Metric
 
 class AttackAccuracy(Metric):
     name = "attack-acc"
-    keys = ("acc@1", "acc@5")
+    paper = "https://arxiv.org/abs/1911.07135"
+    keys = ("acc@1", "acc@5", "acc@1_class_std")
+    # acc@1_class_std is descriptive (how uneven the attack is across identities), not a strength score
     higher_is_better = {"acc@1": True, "acc@5": True}
-    summary = "Top-1/top-5 accuracy of the evaluation model on the reconstructions."
+    summary = "Top-1/top-5 accuracy of the evaluation model on the reconstructions (and its spread over identities)."
 
     def reset(self) -> None:
         self.correct1 = 0
         self.correct5 = 0
         self.total = 0
+        self.per_class: dict[int, list[int]] = {}  # identity -> [top-1 correct, total]
 
     def update(self, images: Tensor, labels: Tensor) -> None:
         if len(images) == 0:
@@ -29,14 +35,25 @@ class AttackAccuracy(Metric):
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
         labels = labels.cpu()
-        self.correct1 += int((top[:, 0] == labels).sum())
+        hit1 = top[:, 0] == labels
+        self.correct1 += int(hit1.sum())
         self.correct5 += int((top == labels[:, None]).any(1).sum())
         self.total += len(labels)
+        for y, h in zip(labels.tolist(), hit1.tolist()):
+            c = self.per_class.setdefault(int(y), [0, 0])
+            c[0] += int(h)
+            c[1] += 1
 
     def compute(self) -> dict[str, float]:
         if self.total == 0:
-            return {"acc@1": float("nan"), "acc@5": float("nan")}
-        return {"acc@1": self.correct1 / self.total, "acc@5": self.correct5 / self.total}
+            return {"acc@1": float("nan"), "acc@5": float("nan"), "acc@1_class_std": float("nan")}
+        # sorted by identity: the value is the same, bit for bit, however the results were batched
+        accs = torch.tensor([c / t for _, (c, t) in sorted(self.per_class.items())], dtype=torch.float64)
+        return {
+            "acc@1": self.correct1 / self.total,
+            "acc@5": self.correct5 / self.total,
+            "acc@1_class_std": float(accs.std(unbiased=False)),
+        }
 
 
 @hookimpl

@@ -53,7 +53,12 @@ class OnnxTarget(TargetModel):
         self.input_name = inputs[0].name
         caps = ONNX_CAPS if capabilities is None else frozenset(capabilities) & ONNX_CAPS
         super().__init__(num_classes=num_classes, input_shape=input_shape, capabilities=caps, budget=budget, name=name)
-        out = self._logits(torch.zeros(1, *input_shape))
+        try:
+            out = self._logits(torch.zeros(1, *input_shape))
+        except Exception as exc:  # noqa: BLE001 - a symbolic-shape model can still reject the size at run time
+            raise CheckpointError(
+                f"{path}: the model does not run on images of shape {tuple(input_shape)}: {str(exc).splitlines()[0][:200]}"
+            ) from None
         if out.shape != (1, num_classes):
             raise CheckpointError(f"{path}: first output has shape {tuple(out.shape)}, expected (N, {num_classes})")
 

@@ -47,12 +47,18 @@ def load_weights(module: nn.Module, path: str | Path) -> nn.Module:
             state = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:  # noqa: BLE001
             raise CheckpointError(f"{path}: cannot be read as a torch checkpoint: {exc}") from None
+        if isinstance(state, nn.Module):  # a whole pickled model
+            state = state.state_dict()
         state = state.get("state_dict", state) if isinstance(state, dict) else state
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict")
         state = {k.removeprefix("module."): v for k, v in state.items()}
         try:
             module.load_state_dict(state)
         except RuntimeError as exc:
-            raise CheckpointError(f"{path} does not fit {type(module).__name__}: {str(exc).splitlines()[0]}") from None
+            # torch puts the offending keys on the lines after the first: keep them all, on one line
+            detail = " ".join(str(exc).split())
+            raise CheckpointError(f"{path} does not fit {type(module).__name__}: {detail[:600]}") from None
         return module
     return load_into(module, path)
 
