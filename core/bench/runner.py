@@ -47,10 +47,16 @@ def load_target(catalog: Catalog, plugins: Plugins, name: str) -> tuple[TargetMo
 
 
 def metric_context(scenario: Scenario) -> MetricContext:
+    from invertkit.core.errors import UsageError
+    from invertkit.core.interfaces.target import split_classifier
+
     net = scenario.eval_net.eval()
+    parts = split_classifier(net)
+    if parts is None:
+        raise UsageError(f"the evaluation model {type(net).__name__} has no features/head split; metrics need its features")
     return MetricContext(
         eval_logits=net,
-        eval_features=net.features,
+        eval_features=parts[0],
         private_images=scenario.split.private_train[0],
         private_labels=scenario.split.private_train[1],
         num_classes=scenario.num_classes,

@@ -47,7 +47,7 @@ class GMI(Attack):
         device_labels = labels.to(prior.device)
 
         def objective(z: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            x = prior.decode(z)
+            x = prior.decode(z, device_labels[idx])
             iden = F.nll_loss(target.log_probs(x), device_labels[idx], reduction="none")
             loss = cfg.lam * iden
             if cfg.prior_weight > 0 and prior.has_discriminator:
@@ -72,7 +72,7 @@ class GMI(Attack):
             losses.append(out.loss)
         z = torch.cat(zs)
         with torch.no_grad():
-            images = prior.decode(z)
+            images = prior.decode(z, device_labels)
         return AttackResult(self.name, images, labels, -torch.cat(losses).cpu(), 0, 0.0, seed, {}, latents=z)
 
 

@@ -46,12 +46,12 @@ class NES(Attack):
 
             def identity_loss(zz: torch.Tensor) -> torch.Tensor:
                 with torch.no_grad():
-                    return F.nll_loss(target.log_probs(prior.decode(zz)), yy, reduction="none")
+                    return F.nll_loss(target.log_probs(prior.decode(zz, yy)), yy, reduction="none")
 
             loss, grad = nes_gradient(identity_loss, z, sigma=cfg.sigma, pairs=cfg.pairs, generator=generator)
             if cfg.prior_weight > 0 and prior.has_discriminator:
                 zz = z.detach().requires_grad_(True)
-                realism = prior.realism(prior.decode(zz))
+                realism = prior.realism(prior.decode(zz, y[idx]))
                 (g_prior,) = torch.autograd.grad(-cfg.prior_weight * realism.sum(), zz)
                 grad = grad + g_prior
                 loss = loss - cfg.prior_weight * realism.detach()
@@ -66,7 +66,7 @@ class NES(Attack):
             project=(lambda z: z.clamp(-cfg.clip, cfg.clip)) if cfg.clip is not None else None,
         )
         with torch.no_grad():
-            images = prior.decode(out.params)
+            images = prior.decode(out.params, y)
         return AttackResult(self.name, images, labels, -out.loss.cpu(), 0, 0.0, seed, {}, latents=out.params)
 
 

@@ -24,7 +24,9 @@ class RandomPrior(Attack):
     def run(self, target, labels, *, prior, seed, generator) -> AttackResult:  # noqa: ANN001
         z = prior.sample_latent(len(labels), generator)
         with torch.no_grad():
-            images = torch.cat([prior.decode(z[i : i + self.config.batch_size]) for i in range(0, len(z), self.config.batch_size)])
+            bs = self.config.batch_size
+            y = labels.to(prior.device)
+            images = torch.cat([prior.decode(z[i : i + bs], y[i : i + bs]) for i in range(0, len(z), bs)])
         return AttackResult(self.name, images, labels, torch.zeros(len(labels)), 0, 0.0, seed, {}, latents=z)
 
 

@@ -20,7 +20,7 @@ from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.capability import ACCESS_LEVELS
 from invertkit.core.interfaces.target import TargetBackend, TargetModel, TorchTarget
 
-PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl"}
+PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".tar"}
 
 
 def build_module(plugins, arch: str, num_classes: int, in_shape: tuple[int, int, int], options: dict | None = None) -> nn.Module:  # noqa: ANN001
