@@ -1,8 +1,8 @@
 """invertkit command line (thin: parsing and printing; the work is in ``invertkit.core``).
 
-``python cli.py …`` and the ``invertkit`` console script are the same program. Library errors become one
-line on stderr and exit code 2 (usage: unknown names, bad options, malformed files) or 1 (runtime);
-``--debug`` shows the traceback instead.
+``python cli.py …`` and the ``invertkit`` console script are the same program. Errors, library and
+command-line parsing alike, become one ``error: …`` line on stderr and exit code 2 (usage: unknown names,
+bad options, malformed files) or 1 (runtime); ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -30,10 +30,44 @@ KIND_ALIASES = {
     "bench": "bench", "benches": "bench", "matrix": "bench", "matrices": "bench",
 }
 CATALOG_KINDS = ("target", "preset", "bench")
+PLURALS = {"bench": "benches"}
+
+
+class OneLineError(click.ClickException):
+    """A click error shown as one ``error: …`` line on stderr (click's own usage errors print several)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(" ".join(message.split()))
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _one_line(exc: click.UsageError) -> click.ClickException:
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError):  # bare ``invertkit``: the help, not an error
+        return exc
+    msg = exc.format_message()
+    if exc.ctx is not None:
+        msg = f"{msg.rstrip()} (see '{exc.ctx.command_path} --help')"
+    return OneLineError(msg, exc.exit_code)
+
+
+def _debug(ctx: click.Context) -> bool:
+    return bool(ctx.params.get("debug") or (ctx.obj or {}).get("debug"))
 
 
 class InvertkitGroup(click.Group):
     """Turns invertkit errors into one line + exit code, for the console script and CliRunner alike."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:  # a bad group-level option
+            if "--debug" in args:
+                raise
+            raise _one_line(exc) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         from invertkit.core.errors import InvertkitError
@@ -41,18 +75,28 @@ class InvertkitGroup(click.Group):
         try:
             return super().invoke(ctx)
         except InvertkitError as exc:
-            if ctx.obj and ctx.obj.get("debug"):
+            if _debug(ctx):
                 raise
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {' '.join(str(exc).split())}", err=True)
             ctx.exit(exc.exit_code)
-        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
-            raise
+        except click.UsageError as exc:  # unknown command, missing or bad option of a command
+            if _debug(ctx):
+                raise
+            raise _one_line(exc) from None
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, BrokenPipeError):
+            raise  # click handles these (a closed pipe, as in ``invertkit list | head``, exits quietly)
         except Exception as exc:  # noqa: BLE001
-            if ctx.obj and ctx.obj.get("debug"):
+            if _debug(ctx):
                 raise
             msg = str(exc).splitlines()[0] if str(exc) else ""
             click.echo(f"error: {type(exc).__name__}: {msg} (run with --debug for the traceback)", err=True)
             ctx.exit(1)
+
+
+def _debug_now() -> bool:
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx is not None else None
+    return bool(root and root.obj and root.obj.get("debug"))
 
 
 def _plugins():
@@ -68,6 +112,14 @@ def _catalog(path: str | None):
     from invertkit.core.catalog import load_catalog
 
     return load_catalog(path)
+
+
+def _check_out(out: str | None) -> None:
+    """Refuse an ``--out`` that can never be written, before any work is done."""
+    from invertkit.core.errors import UsageError
+
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
 
 
 def _kind(kind: str) -> str:
@@ -105,10 +157,13 @@ def list_cmd(kind: str | None, pattern: str, registry_path: str | None) -> None:
     for k in kinds:
         rows: list[tuple[str, str, str]] = []
         if k in CATALOG_KINDS:
-            table = {"target": catalog.targets, "preset": catalog.presets, "bench": catalog.bench}[k]
             import fnmatch
 
-            rows = [(n, "registry.toml", v.summary) for n, v in table.items() if fnmatch.fnmatchcase(n, pattern)]
+            table = {"target": catalog.targets, "preset": catalog.presets, "bench": catalog.bench}[k]
+            pats = [p.strip() for p in pattern.split(",") if p.strip()] or ["*"]
+            source = registry_path or "registry.toml"
+            rows = [(n, source, v.summary) for n, v in sorted(table.items())
+                    if any(fnmatch.fnmatchcase(n, p) for p in pats)]
         else:
             reg = plugins.registry[k]
             for n in reg.names(pattern):
@@ -118,7 +173,7 @@ def list_cmd(kind: str | None, pattern: str, registry_path: str | None) -> None:
                 rows.append((n, e.plugin, summary))
         if kind is None and not rows:
             continue
-        click.echo(f"{k}s:" if not k.endswith("s") else f"{k}:")
+        click.echo(f"{PLURALS.get(k, k + 's')}:")
         if not rows:
             click.echo("  (none)")
         width = max((len(r[0]) for r in rows), default=0)
@@ -145,10 +200,11 @@ def show_cmd(kind: str, name: str, registry_path: str | None) -> None:
     click.echo(f"{k} {name}  (plugin '{entry.plugin}')")
     if cat is not None:
         click.echo(f"  title:        {cat.title}")
-        if cat.paper:
-            click.echo(f"  paper:        {cat.paper}" + (f" ({cat.year})" if cat.year else ""))
-        if cat.threat_model:
-            click.echo(f"  threat model: {cat.threat_model}")
+    paper = (cat.paper if cat is not None else "") or getattr(obj, "paper", "")  # third-party: the class's own
+    if paper:
+        click.echo(f"  paper:        {paper}" + (f" ({cat.year})" if cat is not None and cat.year else ""))
+    if cat is not None and cat.threat_model:
+        click.echo(f"  threat model: {cat.threat_model}")
     summary = getattr(obj, "summary", "")
     if summary:
         click.echo(f"  summary:      {summary}")
@@ -170,11 +226,14 @@ def plugins_cmd() -> None:
     from invertkit.core.plugins import get_plugins
 
     plugins = get_plugins()
-    for info in sorted(plugins.infos.values(), key=lambda i: i.name):
+    infos = sorted(plugins.infos.values(), key=lambda i: i.name)
+    w_name = max((len(i.name) for i in infos), default=0)
+    w_dist = max((len(i.dist) for i in infos), default=0)
+    for info in infos:
         what = ", ".join(f"{k} {n}" for k, n in info.registered) or "-"
-        line = f"{info.name:18s} {info.status:8s} {info.dist:22s} {what}"
+        line = f"{info.name:{w_name}s}  {info.status:7s}  {info.dist:{w_dist}s}  {what}"
         if info.error:
-            line += f"\n{'':18s} error: {info.error}"
+            line += f"\n{'':{w_name}s}  error: {' '.join(info.error.split())}"
         click.echo(line)
 
 
@@ -183,7 +242,8 @@ def plugins_cmd() -> None:
 def validate_cmd(file: str | None) -> None:
     """Validate registry.toml (or FILE): schema, and every name it uses against the registered plugins."""
     from invertkit.core.catalog import load_catalog
-    from invertkit.core.errors import RegistryFileError, UnknownNameError
+    from invertkit.core.errors import ConfigError, RegistryFileError, UnknownNameError
+    from invertkit.core.interfaces.config import build_config
 
     catalog = load_catalog(file)
     plugins = _plugins()
@@ -193,7 +253,7 @@ def validate_cmd(file: str | None) -> None:
             plugins.registry["dataset"][preset.dataset]
             plugins.registry["architecture"][preset.target.arch]
             plugins.registry["architecture"][preset.eval.arch]
-            plugins.registry["prior"][preset.prior.plugin]
+            plugins.get("prior", preset.prior.plugin)(preset.prior.options)  # validates the options
         for name, t in catalog.targets.items():
             plugins.registry["backend"][t.backend]
             if t.arch and not t.arch.startswith("timm:"):
@@ -205,15 +265,15 @@ def validate_cmd(file: str | None) -> None:
                 plugins.registry["defense"].resolve(d)
             for m in b.metrics:
                 plugins.registry["metric"][m]
-            for a in b.attack_options:
-                plugins.registry["attack"][a]
-            for d in b.defense_options:
-                plugins.registry["defense"][d]
+            for a, opts in b.attack_options.items():
+                build_config(plugins.get("attack", a).Config, opts, what=f"bench '{name}' attack '{a}'")
+            for d, opts in b.defense_options.items():
+                plugins.get("defense", d)(opts)
         for kind, entries in catalog.catalogue.items():
             for n in entries:
                 if n not in plugins.registry[kind]:
                     raise UnknownNameError(f"catalogue lists {kind} '{n}', which no plugin registers")
-    except UnknownNameError as exc:
+    except (UnknownNameError, ConfigError) as exc:
         raise RegistryFileError(f"{where}: {exc}") from None
     n = sum(len(v) for v in catalog.catalogue.values())
     click.echo(f"{where}: ok ({len(catalog.presets)} presets, {len(catalog.targets)} targets, "
@@ -237,8 +297,8 @@ def _split_options(options: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 @click.option("--target", "-t", required=True, help="Target name (registry.toml).")
 @click.option("--defense", "-d", default="none", show_default=True, help="Defense name.")
 @click.option("-o", "options", multiple=True, metavar="KEY=VALUE",
-              help="Attack option (e.g. -o iterations=100); prefix defense options with 'defense.'.")
-@click.option("--samples", default=None, type=int, help="Reconstructions per identity.")
+              help="Attack option (e.g. -o iterations=100); prefix defense options with 'defense.' (or its name).")
+@click.option("--samples", default=None, type=click.IntRange(min=1), help="Reconstructions per identity.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", default=None, type=click.Path(), help="Write the reconstructions (PNG grid) and the record here.")
 @click.option("--registry", "registry_path", type=click.Path())
@@ -253,6 +313,7 @@ def run_cmd(attack: str, target: str, defense: str, options: tuple[str, ...], sa
     from invertkit.core.interfaces.capability import ACCESS_LEVELS, describe
     from invertkit.core.interfaces.config import build_config
 
+    _check_out(out)
     plugins = _plugins()
     catalog = _catalog(registry_path)
     a_cls = plugins.get("attack", attack)
@@ -262,17 +323,19 @@ def run_cmd(attack: str, target: str, defense: str, options: tuple[str, ...], sa
     a_opts = grouped.pop("", {})
     a_opts.update(grouped.pop(attack, {}))
     d_opts = grouped.pop("defense", {})
+    d_opts.update(grouped.pop(defense, {}))
     if grouped:
         raise UsageError(f"unknown option prefix '{next(iter(grouped))}.' (use KEY=VALUE or defense.KEY=VALUE)")
     build_config(a_cls.Config, a_opts, what=f"attack '{attack}'")
     left = d_cls(d_opts).capabilities(ACCESS_LEVELS[tspec.access] & frozenset(plugins.get("backend", tspec.backend).capabilities))
     missing = frozenset(a_cls.requires) - left
     if missing:
-        raise CapabilityError(f"attack '{attack}' needs {describe(missing)}; '{target}' under '{defense}' exposes {describe(left)}")
+        raise CapabilityError(f"attack '{attack}' needs {describe(a_cls.requires)} but '{target}' under '{defense}' "
+                              f"exposes {describe(left)} (missing {describe(missing)})")
     default_samples = catalog.bench["default"].samples_per_identity if "default" in catalog.bench else 8
     cell = Cell(attack=attack, defense=defense, target=target, attack_options=a_opts, defense_options=d_opts,
                 samples_per_identity=samples or default_samples, seed=seed)
-    outcome = run_cell(cell, catalog, plugins, use_cache=False)
+    outcome = run_cell(cell, catalog, plugins, use_cache=False, debug=_debug_now())
     rec = outcome.record
     if rec["status"] != "ok":
         raise InvertkitError(f"{attack} on {target} under {defense} failed: {rec['reason']}")
@@ -280,9 +343,10 @@ def run_cmd(attack: str, target: str, defense: str, options: tuple[str, ...], sa
     click.echo(f"{attack} x {defense} x {target}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()))
     if out:
         path = Path(out)
-        atomic_write_json(path / "record.json", rec)
         order = outcome.labels.argsort(stable=True)
-        atomic_write_bytes(path / "reconstructions.png", grid_png(outcome.images[order], nrow=min(8, cell.samples_per_identity)))
+        png = grid_png(outcome.images[order], nrow=min(8, cell.samples_per_identity))  # before writing anything
+        atomic_write_bytes(path / "reconstructions.png", png)
+        atomic_write_json(path / "record.json", rec)
         click.echo(f"wrote {path / 'record.json'} and {path / 'reconstructions.png'}")
 
 
@@ -326,9 +390,11 @@ def bench_cmd(matrix_name: str, attacks: str | None, defenses: str | None, targe
     from invertkit.core.bench.plan import make_plan
     from invertkit.core.bench.report import write_report
     from invertkit.core.bench.runner import RayExecutor, run_bench
-    from invertkit.core.errors import UsageError
+    from invertkit.core.errors import InvertkitError, UsageError
+    from invertkit.core.registry import unknown
 
     t0 = time.perf_counter()
+    _check_out(out)
     plugins = _plugins()
     catalog = _catalog(registry_path)
     overrides: dict[str, dict[str, Any]] = {}
@@ -340,7 +406,7 @@ def bench_cmd(matrix_name: str, attacks: str | None, defenses: str | None, targe
         elif comp in plugins.registry["defense"]:
             overrides[f"defense:{comp}"] = values
         else:
-            plugins.registry["attack"][comp]  # raises "Unknown attack ... Did you mean"
+            raise unknown("attack or defense", comp, [*plugins.registry["attack"], *plugins.registry["defense"]])
     plan = make_plan(catalog, plugins, matrix=matrix_name, attacks=attacks, defenses=defenses, targets=targets,
                      options=overrides)
     click.echo(f"bench '{matrix_name}': {len(plan.cells)} cells ({len(plan.runnable)} to run, {len(plan.skipped)} skipped "
@@ -353,7 +419,7 @@ def bench_cmd(matrix_name: str, attacks: str | None, defenses: str | None, targe
         click.echo(f"  [{i}/{n}] {rec['attack']} x {rec['defense']} x {rec['target']}: {rec['status']} {tail}{cached}", err=True)
 
     ex = RayExecutor(registry_path) if executor == "ray" else None
-    outcomes = run_bench(plan, catalog, plugins, use_cache=not fresh, executor=ex, progress=progress)
+    outcomes = run_bench(plan, catalog, plugins, use_cache=not fresh, executor=ex, progress=progress, debug=_debug_now())
     out_dir = write_report(out, outcomes, title=f"invertkit bench '{matrix_name}'")
     records = [o.record for o in outcomes]
     plugins.notify("invertkit_bench_end", records=records, out_dir=str(out_dir))
@@ -362,6 +428,10 @@ def bench_cmd(matrix_name: str, attacks: str | None, defenses: str | None, targe
     click.echo(f"wrote {out_dir}/results.jsonl, results.csv, results.md, report.html")
     click.echo(f"bench finished in {time.perf_counter() - t0:.1f} s "
                f"({sum(r['status'] == 'ok' for r in records)} ok, {len(plan.skipped)} skipped, {len(failed)} failed)")
+    if failed:
+        first = failed[0]
+        raise InvertkitError(f"{len(failed)} of {len(plan.runnable)} cells failed (first: {first['attack']} x "
+                             f"{first['defense']} x {first['target']}: {first['reason']}); see {out_dir}/results.jsonl")
 
 
 @cli.command("export-onnx")

@@ -75,8 +75,9 @@ def cell_key(cell: Cell, scenario: Scenario) -> str:
 
 
 def run_cell(cell: Cell, catalog: Catalog, plugins: Plugins, *, use_cache: bool = True,
-             natural_cache: dict | None = None) -> CellOutcome:
-    """Compute one cell (or read it from the cache). Never raises for a failure inside the cell."""
+             natural_cache: dict | None = None, debug: bool = False) -> CellOutcome:
+    """Compute one cell (or read it from the cache). A failure inside the cell becomes a ``failed`` record
+    (its error in ``reason``); with ``debug`` the exception propagates instead, traceback and all."""
     base = {"attack": cell.attack, "defense": cell.defense, "target": cell.target}
     if cell.status == "skipped":
         return CellOutcome({**base, "status": "skipped", "reason": cell.reason, "metrics": {}})
@@ -137,9 +138,9 @@ def run_cell(cell: Cell, catalog: Catalog, plugins: Plugins, *, use_cache: bool 
         atomic_write_json(rec_path, record)  # written last: its presence marks the cell finished
         record["cached"] = False
         return CellOutcome(record, result.images, result.labels)
-    except (InvertkitError, Exception) as exc:  # noqa: BLE001 - one failed cell never stops the bench
-        if not isinstance(exc, InvertkitError):
-            traceback.print_exc(file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - one failed cell never stops the bench
+        if debug:
+            raise
         msg = str(exc).splitlines()[0] if str(exc) else ""
         return CellOutcome({**base, "status": "failed", "reason": f"{type(exc).__name__}: {msg}", "metrics": {}})
 
@@ -193,7 +194,8 @@ def _ray_cell(cell: Cell, registry_path: str | None, use_cache: bool):  # noqa: 
 
 
 def run_bench(plan: Plan, catalog: Catalog, plugins: Plugins, *, use_cache: bool = True, executor=None,
-              progress: Callable[[int, int, dict[str, Any]], None] | None = None) -> list[CellOutcome]:  # noqa: ANN001
+              progress: Callable[[int, int, dict[str, Any]], None] | None = None,
+              debug: bool = False) -> list[CellOutcome]:  # noqa: ANN001
     """Run every cell of ``plan``; returns outcomes in plan order (skipped cells included)."""
     executor = executor or LocalExecutor()
     if hasattr(executor, "use_cache"):
@@ -202,7 +204,7 @@ def run_bench(plan: Plan, catalog: Catalog, plugins: Plugins, *, use_cache: bool
     natural: dict = {}
     runnable = plan.runnable
     done: dict[int, CellOutcome] = {}
-    fn = lambda c: run_cell(c, catalog, plugins, use_cache=use_cache, natural_cache=natural)  # noqa: E731
+    fn = lambda c: run_cell(c, catalog, plugins, use_cache=use_cache, natural_cache=natural, debug=debug)  # noqa: E731
     for i, outcome in enumerate(executor.map(runnable, fn)):
         done[id(runnable[i])] = outcome
         plugins.notify("invertkit_bench_cell_done", record=outcome.record)

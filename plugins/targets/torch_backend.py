@@ -29,7 +29,15 @@ def build_module(plugins, arch: str, num_classes: int, in_shape: tuple[int, int,
     if arch.startswith("timm:"):
         import timm
 
-        return timm.create_model(arch[5:], pretrained=False, num_classes=num_classes, in_chans=in_shape[0], **options)
+        from invertkit.core.errors import ConfigError
+        from invertkit.core.registry import unknown
+
+        if arch[5:] not in timm.list_models():
+            raise unknown("timm architecture", arch[5:], timm.list_models())
+        try:
+            return timm.create_model(arch[5:], pretrained=False, num_classes=num_classes, in_chans=in_shape[0], **options)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ConfigError(f"timm architecture '{arch[5:]}' cannot be built with {options}: {exc}") from None
     return plugins.get("architecture", arch)(num_classes, in_shape, **options)
 
 
