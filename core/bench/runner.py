@@ -21,6 +21,7 @@ from invertkit.core.bench.plan import Cell, Plan
 from invertkit.core.cache import atomic_write_json, cache_dir
 from invertkit.core.catalog import Catalog
 from invertkit.core.errors import InvertkitError
+from invertkit.core.interfaces.attack import AttackContext
 from invertkit.core.interfaces.metric import MetricContext
 from invertkit.core.interfaces.target import TargetModel
 from invertkit.core.plugins import Plugins
@@ -94,6 +95,8 @@ def run_cell(cell: Cell, catalog: Catalog, plugins: Plugins, *, use_cache: bool 
         ctx = defense_context(scenario, plugins, seed=cell.seed)
         attacked = defense.apply(target, ctx)
         attack = plugins.get("attack", cell.attack)(cell.attack_options)
+        attack.context = AttackContext(public_images=scenario.split.public[0], public_labels=scenario.split.public[1],
+                                       scenario=scenario, plugins=plugins)
         ids = torch.tensor(cell.identities if cell.identities is not None else range(scenario.num_classes))
         labels = ids.repeat_interleave(cell.samples_per_identity)
         cuda = torch.cuda.is_available()

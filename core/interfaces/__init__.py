@@ -1,6 +1,6 @@
 """The typed interfaces of invertkit; see each module's docstring."""
 
-from invertkit.core.interfaces.attack import Attack, AttackConfig
+from invertkit.core.interfaces.attack import Attack, AttackConfig, AttackContext
 from invertkit.core.interfaces.capability import ACCESS_LEVELS, Capabilities, Capability, caps
 from invertkit.core.interfaces.config import ComponentConfig, build_config, parse_overrides
 from invertkit.core.interfaces.defense import DefendedTarget, Defense, DefenseContext, OutputDefense, TrainingDefense
@@ -13,6 +13,7 @@ __all__ = [
     "ACCESS_LEVELS",
     "Attack",
     "AttackConfig",
+    "AttackContext",
     "AttackResult",
     "Capabilities",
     "Capability",

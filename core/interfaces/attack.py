@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 import time
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -15,6 +16,19 @@ from invertkit.core.interfaces.config import ComponentConfig, build_config
 from invertkit.core.interfaces.prior import Prior
 from invertkit.core.interfaces.results import AttackResult
 from invertkit.core.interfaces.target import TargetModel
+
+
+@dataclass
+class AttackContext:
+    """What an attacker may use beyond the target and the prior, set by the bench before ``run``:
+    ``public_images``/``public_labels`` (the public split the prior was trained on — never private data),
+    the ``scenario`` and the loaded ``plugins`` (e.g. to build augmented models), and free ``extras``."""
+
+    public_images: Tensor | None = None
+    public_labels: Tensor | None = None
+    scenario: Any = None
+    plugins: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class AttackConfig(ComponentConfig):
@@ -35,8 +49,10 @@ class Attack(ABC):
     paper: ClassVar[str] = ""
     summary: ClassVar[str] = ""
 
-    def __init__(self, config: ComponentConfig | dict[str, Any] | None = None) -> None:
+    def __init__(self, config: ComponentConfig | dict[str, Any] | None = None, context: AttackContext | None = None) -> None:
         self.config = build_config(self.Config, config, what=f"attack '{self.name}'")
+        #: set by the bench (or the caller) before running; see :class:`AttackContext`
+        self.context = context
 
     def check(self, target: TargetModel, prior: Prior | None) -> None:
         missing = self.requires - target.capabilities

@@ -96,6 +96,8 @@ def trained_classifier(
         weight_decay=recipe.weight_decay,
         max_shift=recipe.max_shift,
         seed=recipe.seed,
+        progress=lambda e, n, loss: log(f"[{scenario}] {role} epoch {e}/{n} loss {loss:.4f}") if e % 5 == 0 or e == n else None,
+        checkpoint=path.with_suffix(".resume.pt"),
     )
     facts = {"train_acc": report.train_acc, "test_acc": report.test_acc, "train_seconds": round(report.seconds, 2)}
     meta = {
@@ -113,13 +115,15 @@ def trained_classifier(
     return net, facts, key
 
 
-def trained_prior(plugins: Plugins, preset: Preset, split: Split, scenario: str) -> tuple[Prior, dict[str, Any], str]:
+def trained_prior(plugins: Plugins, preset: Preset, split: Split, scenario: str,
+                  target: nn.Module | None = None, target_key: str = "") -> tuple[Prior, dict[str, Any], str]:
     builder_cls = plugins.get("prior", preset.prior.plugin)
     builder: PriorBuilder = builder_cls(preset.prior.options)
     public = split.public[0]
+    needs_target = bool(getattr(builder, "needs_target", False))
     key = content_key(
         {"v": RECIPE_VERSION, "plugin": preset.prior.plugin, "cfg": builder.config.model_dump(),
-         "seed": preset.prior.seed, "data": fingerprint(public)}
+         "seed": preset.prior.seed, "data": fingerprint(public), "target": target_key if needs_target else ""}
     )
     stem = _models_dir() / f"prior-{preset.prior.plugin}-{key}"
     torch.manual_seed(preset.prior.seed)
@@ -132,7 +136,7 @@ def trained_prior(plugins: Plugins, preset: Preset, split: Split, scenario: str)
             net.eval()
         return builder.wrap(nets), json.loads(facts_path.read_text()), key
     log(f"[{scenario}] training prior '{preset.prior.plugin}' on {len(public)} public images; cached for re-use")
-    facts = builder.train(nets, public, seed=preset.prior.seed)
+    facts = builder.train(nets, public, seed=preset.prior.seed, target=target if needs_target else None)
     for n, net in nets.items():
         save_module(paths[n], net, {"prior": preset.prior.plugin, "network": n, "config": builder.config.model_dump(),
                                    "image_shape": list(split.image_shape)})
@@ -163,7 +167,7 @@ def build_scenario(name: str, catalog: Catalog, plugins: Plugins) -> Scenario:
     data_key = fingerprint(*split.private_train, *split.private_test)
     target, t_facts, t_key = trained_classifier(plugins, preset.target, split, data_key, "target", scenario=name)
     evaluator, e_facts, e_key = trained_classifier(plugins, preset.eval, split, data_key, "eval", scenario=name)
-    prior, p_facts, p_key = trained_prior(plugins, preset, split, name)
+    prior, p_facts, p_key = trained_prior(plugins, preset, split, name, target=target, target_key=t_key)
     sc = Scenario(
         name=name,
         preset=preset,
