@@ -410,7 +410,7 @@ def bench_cmd(matrix_name: str, attacks: str | None, defenses: str | None, targe
     plan = make_plan(catalog, plugins, matrix=matrix_name, attacks=attacks, defenses=defenses, targets=targets,
                      options=overrides)
     click.echo(f"bench '{matrix_name}': {len(plan.cells)} cells ({len(plan.runnable)} to run, {len(plan.skipped)} skipped "
-               f"for missing capabilities)", err=True)
+               f"for missing capabilities or prior)", err=True)
 
     def progress(i: int, n: int, rec: dict[str, Any]) -> None:
         m = rec.get("metrics", {})

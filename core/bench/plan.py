@@ -103,6 +103,8 @@ def make_plan(
         tspec = catalog.target(t)
         backend = plugins.get("backend", tspec.backend)
         target_caps = ACCESS_LEVELS[tspec.access] & frozenset(backend.capabilities)
+        prior_plugin = catalog.preset(tspec.preset).prior.plugin
+        prior_conditional = bool(getattr(plugins.get("prior", prior_plugin), "conditional", False))
         for d in defense_names:
             d_opts = {**spec.defense_options.get(d, {}), **options.get(f"defense:{d}", {})}
             defense = plugins.get("defense", d)(d_opts)  # validates the options now, before any cell runs
@@ -116,6 +118,9 @@ def make_plan(
                 if missing:
                     status = "skipped"
                     reason = (f"needs {describe(missing)}; '{t}' under '{d}' exposes {describe(left)}")
+                elif getattr(a_cls, "needs_conditional_prior", False) and not prior_conditional:
+                    status = "skipped"
+                    reason = f"needs a conditional prior; '{t}' uses '{prior_plugin}', which is not"
                 cells.append(
                     Cell(
                         attack=a, defense=d, target=t, attack_options=a_opts, defense_options=d_opts,
