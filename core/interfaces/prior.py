@@ -20,12 +20,15 @@ class Prior(ABC):
 
     name: ClassVar[str] = "prior"
     has_discriminator: ClassVar[bool] = False
+    #: a conditional prior decodes ``(z, labels)``: labels are the *target's* class indices (PLG-MI's
+    #: pseudo-labelled cGAN); an unconditional one ignores ``labels``
+    conditional: ClassVar[bool] = False
 
     latent_shape: tuple[int, ...]
     image_shape: tuple[int, int, int]
 
     @abstractmethod
-    def decode(self, z: Tensor) -> Tensor: ...
+    def decode(self, z: Tensor, labels: Tensor | None = None) -> Tensor: ...
 
     def sample_latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn((n, *self.latent_shape), generator=generator).to(self.device)
@@ -37,9 +40,9 @@ class Prior(ABC):
     def realism(self, x: Tensor) -> Tensor:
         raise CapabilityError(f"prior '{self.name}' has no discriminator")
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None, labels: Tensor | None = None) -> Tensor:
         with torch.no_grad():
-            return self.decode(self.sample_latent(n, generator))
+            return self.decode(self.sample_latent(n, generator), labels)
 
     @property
     def device(self) -> torch.device:
@@ -67,8 +70,15 @@ class PriorBuilder(ABC):
     def networks(self, image_shape: tuple[int, int, int]) -> dict[str, "torch.nn.Module"]:
         """Fresh, untrained networks by name (e.g. ``{"generator": G, "critic": D}``)."""
 
+    #: True if the prior this builder wraps is conditional (lets the bench plan skip attacks that need one)
+    conditional: ClassVar[bool] = False
+    #: True for inversion-specific priors trained with the target's outputs (KEDMI, PLG-MI): ``train`` then
+    #: receives ``target`` (the trained target network) and the cache key covers the target
+    needs_target: ClassVar[bool] = False
+
     @abstractmethod
-    def train(self, nets: dict[str, "torch.nn.Module"], public_images: Tensor, *, seed: int, progress=None) -> dict:  # noqa: ANN001
+    def train(self, nets: dict[str, "torch.nn.Module"], public_images: Tensor, *, seed: int, progress=None,  # noqa: ANN001
+              target: "torch.nn.Module | None" = None) -> dict:
         """Train ``nets`` in place on public images; return a small dict of facts (seconds, losses)."""
 
     @abstractmethod

@@ -180,7 +180,7 @@ class TinyPrior(Prior):
             self.decoder.bias.zero_()
         self.decoder.requires_grad_(False)
 
-    def decode(self, z: Tensor) -> Tensor:
+    def decode(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         return torch.sigmoid(self.decoder(z)).view(-1, *self.image_shape)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,14 @@ def _stages(size: int) -> int:
 
 
 class Generator(nn.Module):
-    def __init__(self, image_shape: tuple[int, int, int], latent_dim: int, width: int):
+    """DCGAN generator sized to ``image_shape``, sigmoid output in ``[0, 1]``.
+
+    ``norm(channels)`` makes the 2-D normalisation layers (default ``nn.BatchNorm2d``); a layer with a true
+    ``takes_labels`` attribute is called as ``layer(x, labels)`` (conditional BatchNorm, PLG-MI's cGAN).
+    """
+
+    def __init__(self, image_shape: tuple[int, int, int], latent_dim: int, width: int,
+                 norm: Callable[[int], nn.Module] = nn.BatchNorm2d):
         super().__init__()
         self.image_shape = tuple(image_shape)
         c, h, w = image_shape
@@ -39,37 +47,55 @@ class Generator(nn.Module):
             out = c if i == n - 1 else ch // 2
             layers.append(nn.ConvTranspose2d(ch, out, 4, 2, 1))
             if i < n - 1:
-                layers += [nn.BatchNorm2d(out), nn.ReLU(True)]
+                layers += [norm(out), nn.ReLU(True)]
             ch = out
         self.net = nn.Sequential(*layers)
         self.start_ch = width * 2 ** (n - 1)
 
-    def forward(self, z: Tensor) -> Tensor:
-        x = self.net(self.fc(z).view(z.shape[0], self.start_ch, 2, 2))
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        x = self.fc(z).view(z.shape[0], self.start_ch, 2, 2)
+        for layer in self.net:
+            x = layer(x, labels) if getattr(layer, "takes_labels", False) else layer(x)
         if tuple(x.shape[2:]) != self.image_shape[1:]:
             x = F.interpolate(x, size=self.image_shape[1:], mode="bilinear", align_corners=False)
         return torch.sigmoid(x)
 
 
-class Critic(nn.Module):
-    """WGAN-GP critic: no BatchNorm (the penalty is per sample); LayerNorm-free strided convs + LeakyReLU."""
+def conv_trunk(image_shape: tuple[int, int, int], width: int,
+               norm: Callable[[int], nn.Module] | None = None) -> tuple[nn.Sequential, int]:
+    """The critic's body: strided 4x4 convs (``width`` channels, doubling per stage) + LeakyReLU(0.2), each
+    halving the resolution, then ``Flatten``; ``norm(channels)``, when given, follows every conv (KEDMI's
+    discriminator uses InstanceNorm). Returns the body and its flat feature size."""
+    c, h, w = image_shape
+    n = _stages(max(h, w))
+    layers: list[nn.Module] = []
+    ch_in, ch = c, width
+    for _ in range(n):
+        layers.append(nn.Conv2d(ch_in, ch, 4, 2, 1))
+        if norm is not None:
+            layers.append(norm(ch))
+        layers.append(nn.LeakyReLU(0.2, True))
+        ch_in, ch = ch, ch * 2
+    body = nn.Sequential(*layers, nn.Flatten())
+    with torch.no_grad():
+        flat = body.eval()(torch.zeros(1, c, h, w)).shape[1]
+    return body.train(), flat
 
-    def __init__(self, image_shape: tuple[int, int, int], width: int):
+
+class Critic(nn.Module):
+    """WGAN-GP critic: no BatchNorm (the penalty is per sample); LayerNorm-free strided convs + LeakyReLU.
+
+    ``outputs > 1`` makes it a convolutional encoder to a vector (the autoencoder prior's encoder).
+    """
+
+    def __init__(self, image_shape: tuple[int, int, int], width: int, outputs: int = 1):
         super().__init__()
-        c, h, w = image_shape
-        n = _stages(max(h, w))
-        layers: list[nn.Module] = []
-        ch_in, ch = c, width
-        for _ in range(n):
-            layers += [nn.Conv2d(ch_in, ch, 4, 2, 1), nn.LeakyReLU(0.2, True)]
-            ch_in, ch = ch, ch * 2
-        self.net = nn.Sequential(*layers, nn.Flatten())
-        with torch.no_grad():
-            flat = self.net(torch.zeros(1, c, h, w)).shape[1]
-        self.out = nn.Linear(flat, 1)
+        self.net, flat = conv_trunk(image_shape, width)
+        self.out = nn.Linear(flat, outputs)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.out(self.net(x)).squeeze(1)
+        y = self.out(self.net(x))
+        return y.squeeze(1) if y.shape[1] == 1 else y
 
 
 class GANPrior(Prior):
@@ -90,7 +116,7 @@ class GANPrior(Prior):
     def device(self) -> torch.device:
         return next(self.generator.parameters()).device
 
-    def decode(self, z: Tensor) -> Tensor:
+    def decode(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         return self.generator(z)
 
     def realism(self, x: Tensor) -> Tensor:
@@ -120,7 +146,8 @@ class WGANGPBuilder(PriorBuilder):
             "critic": Critic(image_shape, cfg.width),
         }
 
-    def train(self, nets: dict[str, nn.Module], public_images: Tensor, *, seed: int, progress=None) -> dict:  # noqa: ANN001
+    def train(self, nets: dict[str, nn.Module], public_images: Tensor, *, seed: int, progress=None,  # noqa: ANN001
+              target: nn.Module | None = None) -> dict:
         cfg = self.config
         g = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
