@@ -401,7 +401,8 @@ def test_margin_heads_are_cosine_logits_with_the_margin_only_on_labelled_targets
             want = math.cos(math.acos(max(-1.0, min(1.0, c))) + 0.5)
         else:
             want = c - math.sin(0.5) * 0.5  # insightface's fallback past theta + m = pi
-        assert abs(float(trained[i, y]) / 64.0 - want) < 1e-4
+        # float32 acos/sqrt near |cos| = 1 is ill-conditioned (dim=2 reaches it), hence 1e-3
+        assert abs(float(trained[i, y]) / 64.0 - want) < 1e-3
         assert float(trained[i, y]) <= float(plain[i, y]) + 1e-5  # a margin only ever lowers the target logit
 
 
