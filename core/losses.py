@@ -64,9 +64,9 @@ def max_margin(logits: Tensor, labels: Tensor) -> Tensor:
     return others.max(1).values - real
 
 
-def poincare(logits: Tensor, labels: Tensor, eps: float = 1e-5) -> Tensor:
+def poincare(logits: Tensor, labels: Tensor, eps: float = 1e-4) -> Tensor:
     """PPA's Poincare loss per sample: ``arccosh(1 + 2 ||u - v||^2 / ((1 - ||u||^2)(1 - ||v||^2)))`` with
-    ``u = logits / ||logits||_1`` and ``v = clamp(one_hot(y), 0, 1 - eps)``."""
+    ``u = logits / ||logits||_1`` and ``v = clamp(one_hot(y), 0, 1 - eps)`` (official code: eps 1e-4)."""
     _check(logits, labels)
     u = logits / logits.abs().sum(1, keepdim=True).clamp_min(1e-12)
     v = F.one_hot(labels, logits.shape[1]).to(logits.dtype).clamp(0.0, 1.0 - eps)

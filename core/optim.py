@@ -52,6 +52,7 @@ def optimise(
     estimate: Estimator | None = None,
     optimizer: str = "adam",
     momentum: float = 0.9,
+    betas: tuple[float, float] = (0.9, 0.999),
     loss_scale: float = 1.0,
     project: Callable[[Tensor], Tensor] | None = None,
     keep_best: bool = False,
@@ -60,6 +61,7 @@ def optimise(
 ) -> LoopResult:
     """Minimise a per-sample loss over a batch of independent parameter rows.
 
+    ``betas`` are Adam's (PPA and IF-GMI run (0.1, 0.1)).
     ``loss_scale`` multiplies every sample's gradient (GMI averages over a batch of 60, i.e. 1/60).
     ``patience``: a sample stops once its loss has not improved on its best for that many steps.
     ``stop_below``: a sample stops once its loss is at or below this value. Stopped samples are no longer
@@ -68,7 +70,7 @@ def optimise(
     if (objective is None) == (estimate is None):
         raise ValueError("give exactly one of objective / estimate")
     params = init.detach().clone().requires_grad_(True)
-    opt = make_optimizer(optimizer, params, lr, momentum)
+    opt = make_optimizer(optimizer, params, lr, momentum, betas)
     n = params.shape[0]
     all_idx = torch.arange(n, device=params.device)
     active = torch.ones(n, dtype=torch.bool, device=params.device)

@@ -104,7 +104,9 @@ def make_plan(
         backend = plugins.get("backend", tspec.backend)
         target_caps = ACCESS_LEVELS[tspec.access] & frozenset(backend.capabilities)
         prior_plugin = catalog.preset(tspec.preset).prior.plugin
-        prior_conditional = bool(getattr(plugins.get("prior", prior_plugin), "conditional", False))
+        prior_cls = plugins.get("prior", prior_plugin)
+        prior_conditional = bool(getattr(prior_cls, "conditional", False))
+        prior_layered = bool(getattr(prior_cls, "layered", False))
         for d in defense_names:
             d_opts = {**spec.defense_options.get(d, {}), **options.get(f"defense:{d}", {})}
             defense = plugins.get("defense", d)(d_opts)  # validates the options now, before any cell runs
@@ -121,6 +123,9 @@ def make_plan(
                 elif getattr(a_cls, "needs_conditional_prior", False) and not prior_conditional:
                     status = "skipped"
                     reason = f"needs a conditional prior; '{t}' uses '{prior_plugin}', which is not"
+                elif getattr(a_cls, "needs_layered_prior", False) and not prior_layered:
+                    status = "skipped"
+                    reason = f"needs a prior with layered decoding; '{t}' uses '{prior_plugin}', which has none"
                 cells.append(
                     Cell(
                         attack=a, defense=d, target=t, attack_options=a_opts, defense_options=d_opts,

@@ -156,9 +156,25 @@ class KEDMIPrior(Prior):
         """The discriminator's K class logits (its estimate of the target's soft labels)."""
         return self.discriminator(x)[1]
 
+    # ---- layered decoding (IF-GMI), see Prior.num_blocks
+    @property
+    def num_blocks(self) -> int:  # type: ignore[override]
+        return len(self.generator.block_ends())
+
+    def decode_to(self, z: Tensor, k: int, labels: Tensor | None = None) -> Tensor:
+        self.check_block(k)
+        if z.dim() != 2 or z.shape[1] != self.latent_shape[0]:
+            raise ShapeError(f"prior '{self.name}' decodes latents of shape (N, {self.latent_shape[0]}), got {tuple(z.shape)}")
+        return self.generator.forward_to(z, k)
+
+    def decode_from(self, h: Tensor, k: int, labels: Tensor | None = None, *, to: int | None = None) -> Tensor:
+        self.check_block(k, to)
+        return self.generator.forward_from(h, k, to=to)
+
 
 class KEDMIGANBuilder(PriorBuilder):
     name = "kedmi-gan"
+    layered = True  # its generator decodes block by block (decode_to / decode_from)
     summary = "KEDMI's inversion-specific GAN: K+1 semi-supervised discriminator on the target's soft labels, feature matching."
     paper = "https://arxiv.org/abs/2010.04092"
     needs_target = True

@@ -191,9 +191,25 @@ class PLGPrior(Prior):
         """The projection discriminator's score ``D(x, y)`` (higher: more realistic for class ``y``)."""
         return self.discriminator(x, self._labels(len(x), labels))
 
+    # ---- layered decoding (IF-GMI), see Prior.num_blocks; the conditional BatchNorms read ``labels``
+    @property
+    def num_blocks(self) -> int:  # type: ignore[override]
+        return len(self.generator.block_ends())
+
+    def decode_to(self, z: Tensor, k: int, labels: Tensor | None = None) -> Tensor:
+        self.check_block(k)
+        if z.dim() != 2 or z.shape[1] != self.latent_shape[0]:
+            raise ShapeError(f"prior '{self.name}' decodes latents of shape (N, {self.latent_shape[0]}), got {tuple(z.shape)}")
+        return self.generator.forward_to(z, k, self._labels(len(z), labels))
+
+    def decode_from(self, h: Tensor, k: int, labels: Tensor | None = None, *, to: int | None = None) -> Tensor:
+        self.check_block(k, to)
+        return self.generator.forward_from(h, k, self._labels(len(h), labels), to=to)
+
 
 class PLGCGANBuilder(PriorBuilder):
     name = "plg-cgan"
+    layered = True  # its generator decodes block by block (decode_to / decode_from)
     summary = "PLG-MI's cGAN: top-n pseudo-labelled public images, conditional BN generator, projection discriminator, hinge."
     paper = "https://arxiv.org/abs/2302.09814"
     needs_target = True

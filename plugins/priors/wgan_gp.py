@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from invertkit.core.errors import ShapeError
 from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.config import ComponentConfig
 from invertkit.core.interfaces.prior import Prior, PriorBuilder
@@ -56,6 +57,44 @@ class Generator(nn.Module):
         x = self.fc(z).view(z.shape[0], self.start_ch, 2, 2)
         for layer in self.net:
             x = layer(x, labels) if getattr(layer, "takes_labels", False) else layer(x)
+        if tuple(x.shape[2:]) != self.image_shape[1:]:
+            x = F.interpolate(x, size=self.image_shape[1:], mode="bilinear", align_corners=False)
+        return torch.sigmoid(x)
+
+    # ---- layered decoding (IF-GMI): block 0 is the stem (fc, reshaped to 2x2), block k >= 1 the k-th
+    # transposed-conv stage with its norm and ReLU; the last stage (to the image channels) is no block
+    def block_ends(self) -> list[int]:
+        """Index into ``self.net`` after which block ``k`` ends (0 for the stem)."""
+        return [0] + [i + 1 for i, layer in enumerate(self.net) if isinstance(layer, nn.ReLU)]
+
+    def block_shape(self, k: int) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the features after block ``k``."""
+        if k == 0:
+            return (self.start_ch, 2, 2)
+        convs = [m for m in list(self.net)[: self.block_ends()[k]] if isinstance(m, nn.ConvTranspose2d)]
+        side = 2 ** (k + 1)
+        return (convs[-1].out_channels, side, side)
+
+    def _layers(self, x: Tensor, start: int, stop: int, labels: Tensor | None) -> Tensor:
+        for layer in list(self.net)[start:stop]:
+            x = layer(x, labels) if getattr(layer, "takes_labels", False) else layer(x)
+        return x
+
+    def forward_to(self, z: Tensor, k: int, labels: Tensor | None = None) -> Tensor:
+        """The features after block ``k`` (the layers of :meth:`forward` up to there)."""
+        x = self.fc(z).view(z.shape[0], self.start_ch, 2, 2)
+        return self._layers(x, 0, self.block_ends()[k], labels)
+
+    def forward_from(self, h: Tensor, k: int, labels: Tensor | None = None, to: int | None = None) -> Tensor:
+        """From features ``h`` after block ``k``: the image (as :meth:`forward`), or the features after block ``to``."""
+        want = self.block_shape(k)
+        if h.dim() != 4 or tuple(h.shape[1:]) != want:
+            raise ShapeError(f"features after generator block {k} have shape (N, {', '.join(map(str, want))}), "
+                             f"got {tuple(h.shape)}")
+        ends = self.block_ends()
+        if to is not None:
+            return self._layers(h, ends[k], ends[to], labels)
+        x = self._layers(h, ends[k], len(self.net), labels)
         if tuple(x.shape[2:]) != self.image_shape[1:]:
             x = F.interpolate(x, size=self.image_shape[1:], mode="bilinear", align_corners=False)
         return torch.sigmoid(x)
@@ -122,9 +161,23 @@ class GANPrior(Prior):
     def realism(self, x: Tensor) -> Tensor:
         return self.critic(x)
 
+    # ---- layered decoding (IF-GMI), see Prior.num_blocks
+    @property
+    def num_blocks(self) -> int:  # type: ignore[override]
+        return len(self.generator.block_ends())
+
+    def decode_to(self, z: Tensor, k: int, labels: Tensor | None = None) -> Tensor:
+        self.check_block(k)
+        return self.generator.forward_to(z, k)
+
+    def decode_from(self, h: Tensor, k: int, labels: Tensor | None = None, *, to: int | None = None) -> Tensor:
+        self.check_block(k, to)
+        return self.generator.forward_from(h, k, to=to)
+
 
 class WGANGPBuilder(PriorBuilder):
     name = "wgan-gp"
+    layered = True  # its generator decodes block by block (decode_to / decode_from)
     summary = "DCGAN generator + WGAN-GP critic trained on the public split (GMI's prior)."
     paper = "https://arxiv.org/abs/1911.07135"
 
