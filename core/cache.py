@@ -39,6 +39,18 @@ def canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex); a missing file is a :class:`CheckpointError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def content_key(obj: Any, length: int = 20) -> str:
     return hashlib.sha256(canonical(obj).encode()).hexdigest()[:length]
 
@@ -132,3 +144,38 @@ def load_into(module: nn.Module, path: str | Path) -> nn.Module:
             raise CheckpointError(f"{path}: '{k}' has shape {tuple(v.shape)}, the architecture expects {tuple(own[k].shape)}")
     module.load_state_dict(state)
     return module
+
+
+PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".tar"}
+
+
+def load_checkpoint(module: nn.Module, path: str | Path) -> nn.Module:
+    """Load weights into ``module``: safetensors (:func:`load_into`), or a pickled torch checkpoint
+    (``state_dict`` wrappers and DataParallel ``module.`` prefixes undone) only with INVERTKIT_ALLOW_PICKLE=1."""
+    path = Path(path)
+    if path.suffix in PICKLE_SUFFIXES:
+        if os.environ.get("INVERTKIT_ALLOW_PICKLE") != "1":
+            raise CheckpointError(
+                f"{path} is a pickled checkpoint; unpickling runs code from the file. Convert it to safetensors, "
+                "or set INVERTKIT_ALLOW_PICKLE=1 if you trust it"
+            )
+        if not path.is_file():
+            raise CheckpointError(f"weights file not found: {path}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointError(f"{path}: cannot be read as a torch checkpoint: {exc}") from None
+        if isinstance(state, nn.Module):  # a whole pickled model
+            state = state.state_dict()
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict")
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        try:
+            module.load_state_dict(state)
+        except RuntimeError as exc:
+            # torch puts the offending keys on the lines after the first: keep them all, on one line
+            detail = " ".join(str(exc).split())
+            raise CheckpointError(f"{path} does not fit {type(module).__name__}: {detail[:600]}") from None
+        return module
+    return load_into(module, path)

@@ -28,6 +28,21 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def class_list(v: Any) -> Any:
+    """Class/identity lists: a list of ints, or ``"a..b"`` for the inclusive range (``"0..999"`` is the
+    KEDMI-lineage protocol's 1,000 private identities)."""
+    if isinstance(v, str):
+        lo, sep, hi = v.partition("..")
+        try:
+            a, b = int(lo), int(hi)
+        except ValueError:
+            a = b = None  # type: ignore[assignment]
+        if not sep or a is None or b is None or b < a:
+            raise ValueError(f"'{v}' is not a class list: give a list of ints or an inclusive range 'a..b'")
+        return tuple(range(a, b + 1))
+    return v
+
+
 class CatalogueEntry(Strict):
     """What a bundled component is: its paper, year, threat model and required capabilities."""
 
@@ -59,6 +74,10 @@ class ModelRecipe(Strict):
     weight_decay: float = Field(1e-4, ge=0)
     max_shift: int = Field(1, ge=0)
     seed: int = 0
+    #: a released checkpoint to load instead of training (``.safetensors``; ``.pth``/``.tar`` need
+    #: INVERTKIT_ALLOW_PICKLE=1); ``~`` and ``$VARS`` are expanded. The recipe's other fields then only
+    #: describe how the checkpoint was made.
+    weights: str | None = None
 
 
 class PriorRecipe(Strict):
@@ -73,6 +92,8 @@ class Preset(Strict):
     summary: str = ""
     dataset: str
     root: str | None = None
+    #: the dataset adapter's own options (its ``Config``), e.g. celeba-kedmi's ``split_sha256``
+    dataset_options: dict[str, Any] = Field(default_factory=dict)
     private_classes: tuple[int, ...]
     public_classes: tuple[int, ...]
     test_fraction: float = Field(0.2, gt=0, lt=1)
@@ -80,6 +101,8 @@ class Preset(Strict):
     target: ModelRecipe
     eval: ModelRecipe
     prior: PriorRecipe
+
+    _classes = field_validator("private_classes", "public_classes", mode="before")(classmethod(lambda cls, v: class_list(v)))
 
     @model_validator(mode="after")
     def _disjoint(self) -> "Preset":
@@ -116,6 +139,8 @@ class BenchSpec(Strict):
     seed: int = 0
     attack_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     defense_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    _ids = field_validator("identities", mode="before")(classmethod(lambda cls, v: class_list(v)))
 
 
 class Catalog(Strict):

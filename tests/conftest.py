@@ -49,3 +49,19 @@ def tiny_scenario(tiny_catalog, plugins):
     from invertkit.core.zoo.scenario import build_scenario
 
     return build_scenario("digits-tiny", tiny_catalog, plugins)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Every test module runs torch on one thread: the CI machine has two cores, and torch's intra-op threads
+    oversubscribe badly under load; the session's tiny scenario is then always trained the same way."""
+    from invertkit.core.testing.contracts import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def scenario(tiny_scenario):
+    """The tiny digits scenario (short name used by the attack test modules)."""
+    return tiny_scenario

@@ -21,11 +21,6 @@ from invertkit.plugins.attacks.nes import NES
 from invertkit.plugins.attacks.random_prior import RandomPrior
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
-
 
 @pytest.fixture(scope="module")
 def scenario(request: pytest.FixtureRequest):  # noqa: ANN201

@@ -29,11 +29,6 @@ C = Capability
 SHAPE = (1, 8, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
-
 
 @pytest.fixture(scope="module")
 def scenario(request: pytest.FixtureRequest):  # noqa: ANN201

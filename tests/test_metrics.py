@@ -29,11 +29,6 @@ FEAT = 12
 hsettings = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
-
 
 @pytest.fixture(scope="module")
 def scenario(request: pytest.FixtureRequest):  # noqa: ANN201

@@ -15,11 +15,6 @@ from invertkit.core.optim import batched, nes_gradient, optimise
 from invertkit.core.testing.contracts import torch_threads
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
-
 
 def quadratic(n: int = 6, d: int = 5, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     """Per-sample ``0.5 * sum_j a_ij (p_ij - c_ij)^2`` with curvatures ``a`` in [0.5, 2]: (init, a, c)."""

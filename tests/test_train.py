@@ -68,3 +68,14 @@ def test_train_command_reports_accuracies_and_reuses_the_cache(tiny_registry, ti
     assert acc == pytest.approx(tiny_scenario.facts["target"]["test_acc"], abs=1e-4)  # printed to 4 places
     bad = CliRunner().invoke(cli, ["train", "--preset", "digitz-tiny", "--registry", str(tiny_registry)])
     assert bad.exit_code == 2 and "Did you mean 'digits-tiny'" in bad.stderr
+
+
+def test_train_one_classifier_trains_only_that_one(tiny_registry, tiny_scenario) -> None:  # noqa: ANN001
+    from click.testing import CliRunner
+
+    from invertkit.cli import cli
+
+    result = CliRunner().invoke(cli, ["train", "eval", "--preset", "digits-tiny", "--registry", str(tiny_registry)])
+    assert result.exit_code == 0, result.output
+    assert "digits-tiny eval (small-mlp): test accuracy" in result.output and "prior" not in result.output
+    assert f"[key {tiny_scenario.keys['eval']}]" in result.output  # the same cached model as the scenario's

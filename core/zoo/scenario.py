@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,8 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from invertkit.core.cache import cache_dir, content_key, atomic_write_json, load_into, save_module
+from invertkit.core.cache import atomic_write_json, cache_dir, content_key, file_digest, load_checkpoint, load_into, save_module
 from invertkit.core.catalog import Catalog, ModelRecipe, Preset
+from invertkit.core.errors import CheckpointError
 from invertkit.core.data import Split, identity_split
 from invertkit.core.interfaces.prior import Prior, PriorBuilder
 from invertkit.core.plugins import Plugins
@@ -75,11 +77,13 @@ def trained_classifier(
     plugins: Plugins, recipe: ModelRecipe, split: Split, data_key: str, role: str, *, scenario: str
 ) -> tuple[nn.Module, dict[str, Any], str]:
     """The classifier ``recipe`` trains on the private split: from the cache, or trained and cached now."""
-    key = content_key({"v": RECIPE_VERSION, "role": role, "recipe": recipe.model_dump(), "data": data_key})
+    key = content_key({"v": RECIPE_VERSION, "role": role, "recipe": recipe.model_dump(exclude={"weights"}), "data": data_key})
     path = _models_dir() / f"{role}-{recipe.arch}-{key}.safetensors"
     facts_path = path.with_suffix(".json")
     torch.manual_seed(recipe.seed)
     net = build_arch(plugins, recipe, split.num_classes, split.image_shape)
+    if recipe.weights:
+        return released_classifier(net, recipe, split, role, scenario=scenario)
     if path.is_file() and facts_path.is_file():
         load_into(net, path)
         net.eval()
@@ -112,6 +116,31 @@ def trained_classifier(
     save_module(path, net, meta)
     atomic_write_json(facts_path, facts)
     log(f"[{scenario}] {role}: test accuracy {report.test_acc:.3f} ({report.seconds:.1f} s)")
+    return net, facts, key
+
+
+def released_classifier(net: nn.Module, recipe: ModelRecipe, split: Split, role: str, *,
+                        scenario: str) -> tuple[nn.Module, dict[str, Any], str]:
+    """A preset model from a released checkpoint (``recipe.weights``) instead of training: loaded, and its
+    accuracy on the private test split measured (once per file, cached by the file's content)."""
+    weights = Path(os.path.expandvars(recipe.weights or "")).expanduser()
+    if not weights.is_file():
+        unset = "; set the environment variable it names to the folder holding the file" if "$" in str(weights) else ""
+        raise CheckpointError(f"preset '{scenario}': {role} weights file '{weights.name}' not found at {weights}{unset} "
+                              f"(or drop `weights` from the preset's {role} recipe to train it instead)")
+    load_checkpoint(net, weights)
+    net.eval()
+    key = content_key({"v": RECIPE_VERSION, "role": role, "arch": recipe.arch, "weights": file_digest(weights),
+                       "test": fingerprint(*split.private_test)})
+    facts_path = _models_dir() / f"{role}-{recipe.arch}-{key}.json"
+    if facts_path.is_file():
+        return net, json.loads(facts_path.read_text()), key
+    x, y = split.private_test
+    with torch.no_grad():
+        acc = natural_accuracy(lambda b: net(b).argmax(1), x, y)
+    facts = {"weights": str(weights), "test_acc": acc, "train_seconds": 0.0}
+    atomic_write_json(facts_path, facts)
+    log(f"[{scenario}] {role}: loaded {weights.name}, test accuracy {acc:.3f}")
     return net, facts, key
 
 
@@ -150,7 +179,7 @@ _MEMO: dict[str, Scenario] = {}
 
 def load_split(plugins: Plugins, preset: Preset) -> Split:
     adapter = plugins.get("dataset", preset.dataset)()
-    x, y = adapter.load(preset.root)
+    x, y = adapter.load(preset.root, **preset.dataset_options) if preset.dataset_options else adapter.load(preset.root)
     return identity_split(
         x, y, preset.private_classes, preset.public_classes, test_fraction=preset.test_fraction, seed=preset.seed
     )
@@ -208,7 +237,7 @@ def defense_context(scenario: Scenario, plugins: Plugins, seed: int = 0):  # noq
         return build_arch(plugins, recipe, scenario.num_classes, scenario.image_shape)
 
     def cached(key: dict[str, Any], train, build=None) -> nn.Module:  # noqa: ANN001
-        full = {**key, "recipe": recipe.model_dump(), "data": scenario.keys.get("data"), "target": scenario.keys.get("target")}
+        full = {**key, "recipe": recipe.model_dump(exclude={"weights"}), "data": scenario.keys.get("data"), "target": scenario.keys.get("target")}
         return cached_model(full, train, build or new_model, label=f"defended-{key.get('defense', 'model')}")
 
     return DefenseContext(seed=seed, data=scenario.split, recipe=recipe, new_model=new_model, cached=cached,

@@ -8,19 +8,18 @@ runs code from the file.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from invertkit.core.cache import load_into, read_meta
+from invertkit.core.cache import PICKLE_SUFFIXES, read_meta  # noqa: F401 - re-exported
+from invertkit.core.cache import load_checkpoint as load_weights
 from invertkit.core.errors import CheckpointError
 from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.capability import ACCESS_LEVELS
 from invertkit.core.interfaces.target import TargetBackend, TargetModel, TorchTarget
 
-PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".tar"}
 
 
 def build_module(plugins, arch: str, num_classes: int, in_shape: tuple[int, int, int], options: dict | None = None) -> nn.Module:  # noqa: ANN001
@@ -39,36 +38,6 @@ def build_module(plugins, arch: str, num_classes: int, in_shape: tuple[int, int,
         except (TypeError, ValueError, RuntimeError) as exc:
             raise ConfigError(f"timm architecture '{arch[5:]}' cannot be built with {options}: {exc}") from None
     return plugins.get("architecture", arch)(num_classes, in_shape, **options)
-
-
-def load_weights(module: nn.Module, path: str | Path) -> nn.Module:
-    path = Path(path)
-    if path.suffix in PICKLE_SUFFIXES:
-        if os.environ.get("INVERTKIT_ALLOW_PICKLE") != "1":
-            raise CheckpointError(
-                f"{path} is a pickled checkpoint; unpickling runs code from the file. Convert it to safetensors, "
-                "or set INVERTKIT_ALLOW_PICKLE=1 if you trust it"
-            )
-        if not path.is_file():
-            raise CheckpointError(f"weights file not found: {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001
-            raise CheckpointError(f"{path}: cannot be read as a torch checkpoint: {exc}") from None
-        if isinstance(state, nn.Module):  # a whole pickled model
-            state = state.state_dict()
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict")
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-        try:
-            module.load_state_dict(state)
-        except RuntimeError as exc:
-            # torch puts the offending keys on the lines after the first: keep them all, on one line
-            detail = " ".join(str(exc).split())
-            raise CheckpointError(f"{path} does not fit {type(module).__name__}: {detail[:600]}") from None
-        return module
-    return load_into(module, path)
 
 
 class TorchBackend(TargetBackend):
