@@ -44,7 +44,7 @@ from invertkit.core.errors import ConfigError, ShapeError
 from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.config import ComponentConfig
 from invertkit.core.interfaces.prior import Prior, PriorBuilder
-from invertkit.plugins.priors.wgan_gp import Generator, conv_trunk
+from invertkit.plugins.priors.wgan_gp import Generator, LayeredDecoding, conv_trunk
 
 
 # ------------------------------------------------------------------------------------------------ losses
@@ -124,7 +124,7 @@ class KPlusOneDiscriminator(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------- prior
-class KEDMIPrior(Prior):
+class KEDMIPrior(LayeredDecoding, Prior):
     """KEDMI's generator with its K+1 discriminator; ``realism = log D(x)`` (see the module docstring)."""
 
     name = "kedmi-gan"
@@ -155,21 +155,6 @@ class KEDMIPrior(Prior):
     def class_logits(self, x: Tensor) -> Tensor:
         """The discriminator's K class logits (its estimate of the target's soft labels)."""
         return self.discriminator(x)[1]
-
-    # ---- layered decoding (IF-GMI), see Prior.num_blocks
-    @property
-    def num_blocks(self) -> int:  # type: ignore[override]
-        return len(self.generator.block_ends())
-
-    def decode_to(self, z: Tensor, k: int, labels: Tensor | None = None) -> Tensor:
-        self.check_block(k)
-        if z.dim() != 2 or z.shape[1] != self.latent_shape[0]:
-            raise ShapeError(f"prior '{self.name}' decodes latents of shape (N, {self.latent_shape[0]}), got {tuple(z.shape)}")
-        return self.generator.forward_to(z, k)
-
-    def decode_from(self, h: Tensor, k: int, labels: Tensor | None = None, *, to: int | None = None) -> Tensor:
-        self.check_block(k, to)
-        return self.generator.forward_from(h, k, to=to)
 
 
 class KEDMIGANBuilder(PriorBuilder):

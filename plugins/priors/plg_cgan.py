@@ -41,7 +41,7 @@ from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.config import ComponentConfig
 from invertkit.core.interfaces.prior import Prior, PriorBuilder
 from invertkit.plugins.priors.kedmi_gan import target_logits
-from invertkit.plugins.priors.wgan_gp import Generator, conv_trunk
+from invertkit.plugins.priors.wgan_gp import Generator, LayeredDecoding, conv_trunk
 
 
 # ----------------------------------------------------------------------------------------- pseudo labels
@@ -147,7 +147,7 @@ class ProjectionDiscriminator(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------- prior
-class PLGPrior(Prior):
+class PLGPrior(LayeredDecoding, Prior):
     """PLG-MI's conditional generator: ``decode(z, labels)`` draws class ``labels`` (target classes).
 
     Without labels, latent ``i`` is decoded as class ``i mod K`` (an even spread over the classes).
@@ -191,20 +191,8 @@ class PLGPrior(Prior):
         """The projection discriminator's score ``D(x, y)`` (higher: more realistic for class ``y``)."""
         return self.discriminator(x, self._labels(len(x), labels))
 
-    # ---- layered decoding (IF-GMI), see Prior.num_blocks; the conditional BatchNorms read ``labels``
-    @property
-    def num_blocks(self) -> int:  # type: ignore[override]
-        return len(self.generator.block_ends())
-
-    def decode_to(self, z: Tensor, k: int, labels: Tensor | None = None) -> Tensor:
-        self.check_block(k)
-        if z.dim() != 2 or z.shape[1] != self.latent_shape[0]:
-            raise ShapeError(f"prior '{self.name}' decodes latents of shape (N, {self.latent_shape[0]}), got {tuple(z.shape)}")
-        return self.generator.forward_to(z, k, self._labels(len(z), labels))
-
-    def decode_from(self, h: Tensor, k: int, labels: Tensor | None = None, *, to: int | None = None) -> Tensor:
-        self.check_block(k, to)
-        return self.generator.forward_from(h, k, self._labels(len(h), labels), to=to)
+    def _block_labels(self, n: int, labels: Tensor | None) -> Tensor | None:
+        return self._labels(n, labels)  # layered decoding: the conditional BatchNorms read the labels
 
 
 class PLGCGANBuilder(PriorBuilder):

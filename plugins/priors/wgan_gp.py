@@ -137,7 +137,34 @@ class Critic(nn.Module):
         return y.squeeze(1) if y.shape[1] == 1 else y
 
 
-class GANPrior(Prior):
+class LayeredDecoding:
+    """Layered decoding (IF-GMI, see ``Prior.num_blocks``) for a prior whose ``self.generator`` is a
+    :class:`Generator`; shared by the wgan-gp, kedmi-gan and plg-cgan priors. A conditional prior overrides
+    :meth:`_block_labels` (its conditional BatchNorms read the labels)."""
+
+    generator: Generator
+    latent_shape: tuple[int, ...]
+    name: str
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.generator.block_ends())
+
+    def _block_labels(self, n: int, labels: Tensor | None) -> Tensor | None:
+        return None
+
+    def decode_to(self, z: Tensor, k: int, labels: Tensor | None = None) -> Tensor:
+        self.check_block(k)  # type: ignore[attr-defined]
+        if z.dim() != 2 or z.shape[1] != self.latent_shape[0]:
+            raise ShapeError(f"prior '{self.name}' decodes latents of shape (N, {self.latent_shape[0]}), got {tuple(z.shape)}")
+        return self.generator.forward_to(z, k, self._block_labels(len(z), labels))
+
+    def decode_from(self, h: Tensor, k: int, labels: Tensor | None = None, *, to: int | None = None) -> Tensor:
+        self.check_block(k, to)  # type: ignore[attr-defined]
+        return self.generator.forward_from(h, k, self._block_labels(len(h), labels), to=to)
+
+
+class GANPrior(LayeredDecoding, Prior):
     """A generator decoding ``z ~ N(0, I)`` with a critic whose score is the prior's realism."""
 
     name = "wgan-gp"
@@ -161,18 +188,6 @@ class GANPrior(Prior):
     def realism(self, x: Tensor) -> Tensor:
         return self.critic(x)
 
-    # ---- layered decoding (IF-GMI), see Prior.num_blocks
-    @property
-    def num_blocks(self) -> int:  # type: ignore[override]
-        return len(self.generator.block_ends())
-
-    def decode_to(self, z: Tensor, k: int, labels: Tensor | None = None) -> Tensor:
-        self.check_block(k)
-        return self.generator.forward_to(z, k)
-
-    def decode_from(self, h: Tensor, k: int, labels: Tensor | None = None, *, to: int | None = None) -> Tensor:
-        self.check_block(k, to)
-        return self.generator.forward_from(h, k, to=to)
 
 
 class WGANGPBuilder(PriorBuilder):
