@@ -34,7 +34,7 @@ SWEEP: dict[str, tuple[str, list[Any]]] = {
     "mid": ("beta", [0.003, 0.01, 0.02]),
     "bido": ("lambda_x", [0.01, 0.05, 0.2]),
     "nls": ("alpha", [-0.01, -0.05, -0.2]),
-    "tl-dmi": ("frozen_fraction", [0.25, 0.5, 1.0]),
+    "tl-dmi": ("frozen_fraction", [0.25, 0.5, 0.75]),
     "distillation": ("temperature", [20.0, 4.0, 1.0]),
     "pruning": ("sparsity", [0.5, 0.8, 0.95]),
     "netguard": ("fake_ratio", [0.2, 0.5, 1.0]),
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def plot(rows: list[dict[str, Any]], path: Path, attack: str) -> None:
+def plot(rows: list[dict[str, Any]], path: Path, attack: str, target: str = "digits-cnn") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,7 +105,7 @@ def plot(rows: list[dict[str, Any]], path: Path, attack: str) -> None:
                         textcoords="offset points", color=cmap(i % 20))
     ax.set_xlabel("natural accuracy of the defended target (private test split)  -> better utility")
     ax.set_ylabel(f"{attack} attack accuracy acc@1 (evaluation model)  -> worse privacy")
-    ax.set_title(f"Privacy-utility trade-off on digits-cnn ({attack}); each curve: one defense's knob, 3 values")
+    ax.set_title(f"Privacy-utility trade-off on {target} ({attack}); each curve: one defense's knob, 3 values")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best", ncol=2)
     fig.tight_layout()
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         w = csv.DictWriter(fh, fieldnames=[k for k in rows[0] if k != "defense_report"], extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    plot(rows, out / "privacy_utility.png", args.attack)
+    plot(rows, out / "privacy_utility.png", args.attack, args.target)
     print(f"wrote {out / 'privacy_utility.png'}, .json, .csv", file=sys.stderr)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from invertkit.core.errors import NonFiniteError
@@ -157,3 +158,28 @@ def nes_gradient(
     diff = (values[:, :pairs] - values[:, pairs:]).reshape(n, pairs, *([1] * (params.dim() - 1)))
     grad = (diff * u).sum(1) / (2 * sigma * pairs)
     return values.mean(1), grad
+
+
+@torch.no_grad()
+def selection_confidences(target, decode: Callable[[Tensor, Tensor | None], Tensor], pool: Tensor,  # noqa: ANN001
+                          classes: list[int] | None = None, *, flip: bool = True, batch_size: int = 500) -> Tensor:
+    """PPA's initial-selection scores (also IF-GMI's): the target's softmax confidence in every class for each
+    latent of ``pool``, averaged over the decoded image and its horizontal flip when ``flip``.
+
+    ``decode(latents, labels)`` renders images. With ``classes`` None the prior is unconditional: one pass
+    (``len(pool)`` queries, x2 with the flip) scores every class. With ``classes`` given, the prior is
+    conditional: column ``c`` for each ``c`` in ``classes`` comes from decoding the pool with label ``c`` (one
+    pass per class) and the other columns are 0. Returns a ``(len(pool), num_classes)`` float32 CPU tensor."""
+    table = torch.zeros(len(pool), target.num_classes)
+    for y in [None] if classes is None else classes:
+        for sl in batched(len(pool), batch_size):
+            z = pool[sl]
+            yy = None if y is None else torch.full((len(z),), y, dtype=torch.long, device=z.device)
+            x = decode(z, yy)
+            views = [x, x.flip(-1)] if flip else [x]
+            p = (sum(F.softmax(target.logits(v).float(), dim=1) for v in views) / len(views)).cpu()
+            if y is None:
+                table[sl] = p
+            else:
+                table[sl, y] = p[:, y]
+    return table

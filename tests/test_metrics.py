@@ -194,7 +194,11 @@ def test_attack_acc_matches_numpy_and_ignores_batching(data: st.DataObject, batc
     assert top(whole.compute()) == pytest.approx(expected, abs=1e-12)
     parts = AttackAccuracy(CTX10)
     feed(parts, x, y, split_points(data.draw, len(x)))
-    assert parts.compute() == whole.compute()
+    got, want = parts.compute(), whole.compute()
+    # the evaluation model's float32 logits of one row may differ in the last bits with the batch it ran in:
+    # the decisions (top-1/top-5) are exact, the mean probability of the identity equal to float32 precision
+    assert got.pop("eval_conf") == pytest.approx(want.pop("eval_conf"), rel=1e-5, abs=1e-7)
+    assert got == want
 
 
 def test_attack_acc_reset_and_empty() -> None:

@@ -153,6 +153,10 @@ def test_attack_acc_class_spread_and_any_match_numpy(plugins) -> None:
     assert out["acc@1"] == pytest.approx(top1.mean(), abs=1e-12)
     assert out["acc@1_class_std"] == pytest.approx(np.std(per_id), abs=1e-12)
     assert 0 < out["acc@1_class_std"]  # measured 0.19 (acc@1 0.125): identities are hit unevenly
+    # eval_conf: the evaluation model's mean probability of the identity (float64 softmax in numpy)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    assert out["eval_conf"] == pytest.approx(p[np.arange(len(y)), y].mean(), abs=1e-5)
     anyv = run(plugins, "attack-acc-any")
     assert anyv["acc@1_any"] == pytest.approx(np.mean([top1[y == c].any() for c in np.unique(y)]), abs=1e-12)
     assert anyv["acc@5_any"] == pytest.approx(np.mean([top5[y == c].any() for c in np.unique(y)]), abs=1e-12)

@@ -57,7 +57,7 @@ from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.attack import Attack, AttackConfig
 from invertkit.core.interfaces.capability import Capability as C
 from invertkit.core.interfaces.results import AttackResult, empty_result
-from invertkit.core.optim import batched, optimise
+from invertkit.core.optim import batched, optimise, selection_confidences
 from invertkit.plugins.attacks.plg_mi import random_augment
 
 #: the paper's L1 radii (main configs ``max_radius_w[0]`` and ``max_radius_mid_vecor[1:]``) divided by the sizes
@@ -179,25 +179,13 @@ class IFGMI(Attack):
             raise ConfigError(f"attack '{self.name}': {int(counts.max())} rows of one identity but search_space is "
                               f"{cfg.search_space}; raise search_space to at least the rows per identity")
         pool = prior.sample_latent(cfg.search_space, generator)
-
-        def confidences(y: int | None) -> Tensor:
-            out = []
-            for i in range(0, len(pool), cfg.selection_batch):
-                z = pool[i : i + cfg.selection_batch]
-                yy = None if y is None else torch.full((len(z),), y, dtype=torch.long, device=prior.device)
-                x = prior.decode(z, yy)
-                views = [x, x.flip(-1)] if cfg.selection_flip else [x]
-                p = sum(F.softmax(target.logits(v).float(), dim=1) for v in views) / len(views)
-                out.append(p.cpu())
-            return torch.cat(out)
-
         conditional = bool(getattr(prior, "conditional", False))
-        table = None if conditional else confidences(None)
+        table = selection_confidences(target, prior.decode, pool, [int(c) for c in ids] if conditional else None,
+                                      flip=cfg.selection_flip, batch_size=cfg.selection_batch)
         z0 = torch.empty((len(labels), *pool.shape[1:]), dtype=pool.dtype, device=pool.device)
         conf0 = torch.empty(len(labels))
         for c, m in zip(ids.tolist(), counts.tolist()):
-            col = (confidences(c) if conditional else table)[:, c]  # type: ignore[index]
-            best = torch.topk(col, m)
+            best = torch.topk(table[:, c], m)
             rows = (labels == c).nonzero().squeeze(1)
             z0[rows.to(pool.device)] = pool[best.indices.to(pool.device)]
             conf0[rows] = best.values

@@ -49,7 +49,7 @@ from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.attack import Attack, AttackConfig
 from invertkit.core.interfaces.capability import Capability as C
 from invertkit.core.interfaces.results import AttackResult
-from invertkit.core.optim import batched, optimise
+from invertkit.core.optim import batched, optimise, selection_confidences
 
 
 def random_resized_crop(x: Tensor, generator: torch.Generator, scale: tuple[float, float] = (0.9, 1.0),
@@ -153,20 +153,9 @@ class PPA(Attack):
         # 1. initial selection: one search for all identities
         w_all = self._styles(prior, cfg.search_space, generator)
         # a conditional prior decodes each identity's candidates with its label: one search per identity
-        searches = [int(y) for y in ids] if prior.conditional else [None]
-        conf_all = torch.zeros(cfg.search_space, target.num_classes)
-        with torch.no_grad():
-            for y in searches:
-                for sl in batched(cfg.search_space, cfg.eval_batch):
-                    yy = None if y is None else torch.full((sl.stop - sl.start,), y, dtype=torch.long, device=dev)
-                    x = prior.decode_style(w_all[sl], yy)
-                    c = self._confidence(target, x, None)
-                    if cfg.initial_flip:
-                        c = (c + self._confidence(target, x.flip(-1), None)) / 2
-                    if y is None:
-                        conf_all[sl] = c.cpu()
-                    else:
-                        conf_all[sl, y] = c[:, y].cpu()
+        conf_all = selection_confidences(target, prior.decode_style, w_all,
+                                         [int(y) for y in ids] if prior.conditional else None,
+                                         flip=cfg.initial_flip, batch_size=cfg.eval_batch)
         init_idx = torch.stack([conf_all[:, int(y)].topk(per_id).indices for y in ids])  # (U, per_id), best first
         w0 = w_all[init_idx.reshape(-1).to(w_all.device)]
         if not cfg.single_w and prior.num_styles > 1:
