@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             options[knob] = value
         cell = Cell(attack=args.attack, defense=d, target=args.target, attack_options=attack_options,
                     defense_options=options, metrics=tuple(spec.metrics),
-                    samples_per_identity=spec.samples_per_identity, identities=spec.identities, seed=spec.seed)
+                    samples_per_identity=args.samples or spec.samples_per_identity, identities=spec.identities, seed=spec.seed)
         t0 = time.perf_counter()
         out = run_cell(cell, catalog, plugins, natural_cache=natural).record
         m = out.get("metrics", {})
@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--target", default="digits-cnn")
     ap.add_argument("--matrix", default="defenses", help="bench matrix whose options the cells use")
     ap.add_argument("--iterations", type=int, default=None, help="override the attack's iterations")
+    ap.add_argument("--samples", type=int, default=None, help="reconstructions per identity (default: the matrix's)")
     ap.add_argument("--registry", default=None, help="a registry.toml other than the bundled one")
     args = ap.parse_args(argv)
     out = Path(args.out)

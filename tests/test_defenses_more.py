@@ -397,6 +397,12 @@ def test_dp_sgd_spends_its_epsilon(tiny_scenario, plugins) -> None:
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in defended.module.modules())
     acc = natural_accuracy(defended.label, *tiny_scenario.split.private_test)
     assert acc > 0.3, f"dp-sgd natural accuracy {acc:.3f} (chance 0.2)"
+    # the freshly trained model (not re-loaded from the cache) carries no Opacus hooks: a white-box attack's
+    # gradient through it works (it raised IndexError inside Opacus before the hooks were removed)
+    xs = x[:4].clone().requires_grad_(True)
+    defended.logits(xs).sum().backward()
+    assert xs.grad is not None and bool(torch.isfinite(xs.grad).all())
+    assert not any(hasattr(p, "grad_sample") for p in defended.module.parameters())
 
 
 def test_training_defenses_need_the_scenario(plugins) -> None:

@@ -159,7 +159,15 @@ class DPSGD(DefenseTraining):
             spent = float(engine.accountant.get_epsilon(plan["delta"]))
         if abs(spent - plan["epsilon"]) > 1e-3 * max(1.0, plan["epsilon"]):
             raise InvertkitError(f"dp-sgd: the accountant spent epsilon {spent:.4f}, the plan said {plan['epsilon']:.4f}")
+        # Opacus's per-sample-gradient hooks live on the layers of the wrapped module: take them off, or the
+        # first attack on the freshly trained model (its gradients through the net) fails inside Opacus, while
+        # the same model re-loaded from the cache works; clear their per-sample state too
+        private.remove_hooks()
         trained = private._module
+        for p in trained.parameters():
+            for attr in ("grad_sample", "_forward_counter", "summed_grad"):
+                if hasattr(p, attr):
+                    delattr(p, attr)
         trained.eval()
         return trained
 
