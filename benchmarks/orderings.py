@@ -29,6 +29,7 @@ TARGETS = {"mnist": ("mnist-cnn", "mnist-cnn-kedmi"), "digits": ("digits-cnn", "
 VARIANTS: dict[str, tuple[str, int, dict[str, Any]]] = {
     "gmi": ("gmi", 0, {}),
     "kedmi": ("kedmi", 1, {}),
+    "kedmi (wgan-gp prior)": ("kedmi", 0, {}),
     "gmi-lom": ("gmi-lom", 0, {}),
     "gmi-ma": ("gmi-ma", 0, {}),
     "gmi-lomma (kl)": ("gmi-lomma", 0, {"distill_variant": "kl"}),
