@@ -454,8 +454,7 @@ def train_cmd(what: str, preset_name: str, registry_path: str | None) -> None:
         recipe = getattr(preset, what)
         _, f, key = trained_classifier(plugins, recipe, split, fingerprint(*split.private_train, *split.private_test),
                                        what, scenario=preset_name)
-        click.echo(f"{preset_name} {what} ({recipe.arch}): test accuracy {f['test_acc']:.4f} on {len(split.private_test[0])} "
-                   f"held-out private images, trained in {f['train_seconds']:.1f} s [key {key}]")
+        _echo_classifier(preset_name, what, recipe.arch, f, len(split.private_test[0]), key)
         click.echo(f"done in {time.perf_counter() - t0:.1f} s (cache: models are re-used on the next run)")
         return
     sc = build_scenario(preset_name, catalog, plugins)
@@ -466,10 +465,14 @@ def train_cmd(what: str, preset_name: str, registry_path: str | None) -> None:
             click.echo(f"{preset_name} prior ({sc.preset.prior.plugin}): trained in {f.get('seconds', float('nan')):.1f} s "
                        f"[key {sc.keys['prior']}]")
         else:
-            arch = getattr(sc.preset, part).arch
-            click.echo(f"{preset_name} {part} ({arch}): test accuracy {f['test_acc']:.4f} on {len(sc.split.private_test[0])} "
-                       f"held-out private images, trained in {f['train_seconds']:.1f} s [key {sc.keys[part]}]")
+            _echo_classifier(preset_name, part, getattr(sc.preset, part).arch, f, len(sc.split.private_test[0]),
+                             sc.keys[part])
     click.echo(f"done in {time.perf_counter() - t0:.1f} s (cache: models are re-used on the next run)")
+
+
+def _echo_classifier(preset: str, part: str, arch: str, facts: dict, n_test: int, key: str) -> None:
+    click.echo(f"{preset} {part} ({arch}): test accuracy {facts['test_acc']:.4f} on {n_test} held-out private images, "
+               f"trained in {facts['train_seconds']:.1f} s [key {key}]")
 
 
 @cli.command("export-onnx")

@@ -34,6 +34,8 @@ def build(arch: str, device: torch.device, num_classes: int = 1000):  # noqa: AN
     from invertkit.core.interfaces.target import TorchTarget
     from invertkit.plugins.priors.wgan_gp import WGANGPBuilder
 
+    if not timm.is_model(arch):
+        raise SystemExit(f"unknown timm architecture '{arch}' (e.g. resnet152, resnet50, resnet18)")
     builder = WGANGPBuilder({"latent_dim": 100, "width": 64})
     nets = builder.networks((3, 64, 64))
     for n in nets.values():

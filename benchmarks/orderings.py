@@ -53,6 +53,9 @@ def run_variants(dataset: str, iterations: int, samples: int, seeds: list[int], 
 
     catalog, plugins = load_catalog(registry), get_plugins()
     targets = TARGETS[dataset]
+    unknown = [v for v in variants or [] if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {', '.join(map(repr, unknown))} (known: {', '.join(VARIANTS)})")
     out: dict[str, dict[str, float]] = {}
     for label in variants or list(VARIANTS):
         attack, which, extra = VARIANTS[label]

@@ -9,8 +9,8 @@ eval-model confidence in the identity / acc@1 / KNN distance; `python benchmarks
     gmi 0.707 / 0.767 / 2.98      gmi-ma 0.800 / 0.847 / 2.70     gmi-lom 0.706 / 0.760 / 2.68
     gmi-lomma (kl) 0.596 / 0.620 / 3.06                          gmi-lomma (kl+l2) 0.739 / 0.773 / 2.83
 
-Each of these orderings held at every seed: MA over GMI (confidence +0.05 to +0.12), LOMMA with KL+L2
-distillation over LOMMA with KL (+0.10 to +0.17), and LOM closer to the private data than GMI (KNN -0.23 to
+Each of these orderings held at every seed: MA over GMI (confidence +0.06 to +0.12), LOMMA with KL+L2
+distillation over LOMMA with KL (+0.13 to +0.16), and LOM closer to the private data than GMI (KNN -0.27 to
 -0.33). LOM's acc@1 ties GMI's at this scale (-0.007), so it is compared on KNN distance. KEDMI >= GMI
 does not hold at this scale and is not asserted: see benchmarks/RESULTS.md.
 """

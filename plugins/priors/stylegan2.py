@@ -529,7 +529,9 @@ class StyleGAN2Builder(PriorBuilder):
         image_shape = tuple(public_images.shape[1:])
         beta = 0.5 ** (cfg.batch_size / cfg.ema_half_life)
         n, bs = len(public_images), cfg.batch_size
-        d_loss = g_loss = r1 = float("nan")
+        nan = torch.tensor(float("nan"))
+        d_loss = g_loss = r1 = nan  # detached tensors: read once at the end, no host sync per step
+        params_ema, params_g = list(g_ema.parameters()), list(G.parameters())
 
         def fake(batch: int) -> Tensor:
             z = torch.randn((batch, G.style_dim), generator=g)
@@ -544,7 +546,7 @@ class StyleGAN2Builder(PriorBuilder):
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
-            d_loss = float(loss_d.detach())
+            d_loss = loss_d.detach()
             if cfg.r1_gamma > 0 and step % cfg.d_reg_every == 0:  # lazy R1 on real images
                 real_r = real.detach().requires_grad_(True)
                 grad = torch.autograd.grad(D(real_r).sum(), real_r, create_graph=True)[0]
@@ -552,7 +554,7 @@ class StyleGAN2Builder(PriorBuilder):
                 opt_d.zero_grad(set_to_none=True)
                 (cfg.r1_gamma / 2 * penalty * cfg.d_reg_every).backward()
                 opt_d.step()
-                r1 = float(penalty.detach())
+                r1 = penalty.detach()
             # generator: non-saturating loss
             G.requires_grad_(True)
             D.requires_grad_(False)
@@ -560,18 +562,17 @@ class StyleGAN2Builder(PriorBuilder):
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
-            g_loss = float(loss_g.detach())
+            g_loss = loss_g.detach()
             with torch.no_grad():
-                for pe, p in zip(g_ema.parameters(), G.parameters()):
-                    pe.lerp_(p, 1 - beta)
+                torch._foreach_lerp_(params_ema, params_g, 1 - beta)
                 for be, b in zip(g_ema.buffers(), G.buffers()):
                     be.copy_(b)
             if progress is not None and (step + 1) % 50 == 0:
-                progress(step + 1, cfg.steps, g_loss)
+                progress(step + 1, cfg.steps, float(g_loss))
         g_ema.eval()
         D.eval().requires_grad_(False)
-        return {"seconds": time.perf_counter() - t0, "steps": cfg.steps, "d_loss": d_loss, "g_loss": g_loss,
-                "r1": r1, "trained": True}
+        return {"seconds": time.perf_counter() - t0, "steps": cfg.steps, "d_loss": float(d_loss), "g_loss": float(g_loss),
+                "r1": float(r1), "trained": True}
 
     def wrap(self, nets: dict[str, nn.Module]) -> Prior:
         gen: StyleGAN2Generator = nets["g_ema"]  # type: ignore[assignment]

@@ -189,7 +189,6 @@ class GANPrior(LayeredDecoding, Prior):
         return self.critic(x)
 
 
-
 class WGANGPBuilder(PriorBuilder):
     name = "wgan-gp"
     layered = True  # its generator decodes block by block (decode_to / decode_from)
