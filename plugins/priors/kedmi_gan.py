@@ -20,7 +20,10 @@ minibatch discrimination), its body convs use InstanceNorm (affine), and a minib
 
 Defaults (official ``config/celeba.json`` + ``k+1_gan.py``): Adam(lr 2e-4, betas (0.5, 0.999)) for both
 networks, batch 64, z 100, 120 epochs over the public set, ``n_critic`` 5, entropy weight 1e-4. The networks
-are invertkit's DCGAN (``wgan_gp.Generator`` and the ``wgan_gp.conv_trunk`` critic body), sized to the image.
+are invertkit's DCGAN (``wgan_gp.Generator`` and the ``wgan_gp.conv_trunk`` critic body), sized to the image;
+the discriminator body stops at a 4x4 map as the official ones do (:func:`discriminator_stages`). Ending it at
+1x1 instead (one stage deeper) collapses the generator on 28x28 MNIST: feature matching on a pooled vector
+leaves it free to emit one blob.
 
 ``realism(x) = log D(x) = logsigmoid(logsumexp l(x))``: KEDMI's attack minimises the prior loss
 ``mean(softplus(lse l) - lse l) = -mean log D(G(z))`` (``attack.py``, ``improved=True``), which is exactly
@@ -33,6 +36,7 @@ mode, a BatchNorm slip that we do not reproduce).
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -78,8 +82,8 @@ def realness(logits: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------------------------------------- networks
 class InstanceNorm(nn.InstanceNorm2d):
-    """``InstanceNorm2d(affine=True)`` as in KEDMI's discriminator; a 1x1 map (28x28 images end at 1x1)
-    has nothing to normalise over and passes through unchanged."""
+    """``InstanceNorm2d(affine=True)`` as in KEDMI's discriminator; a 1x1 map (tiny images) has nothing to
+    normalise over and passes through unchanged."""
 
     def __init__(self, channels: int) -> None:
         super().__init__(channels, affine=True)
@@ -106,6 +110,14 @@ class MinibatchDiscrimination(nn.Module):
         return torch.cat([x, o], 1)
 
 
+def discriminator_stages(image_shape: tuple[int, int, int]) -> int:
+    """Strided stages of KEDMI's discriminator body: as in the official ``MinibatchDiscriminator`` (64 px CelebA,
+    4 stages) and ``MinibatchDiscriminator_MNIST`` (32 px, 3 stages), the body stops at a 4x4 map (3x3 at 28 px),
+    so the feature-matching features keep their spatial layout; at least 2 stages for tiny images."""
+    side = max(image_shape[1:])
+    return max(2, math.ceil(math.log2(max(side, 8) / 4)))
+
+
 class KPlusOneDiscriminator(nn.Module):
     """KEDMI's discriminator: the DCGAN critic body with InstanceNorm, minibatch discrimination, K logits
     (the (K+1)-th, fake, is the constant 0). ``forward`` returns ``(features, logits)``."""
@@ -113,7 +125,7 @@ class KPlusOneDiscriminator(nn.Module):
     def __init__(self, image_shape: tuple[int, int, int], width: int, num_classes: int,
                  mb_kernels: int, mb_kernel_dims: int) -> None:
         super().__init__()
-        self.body, flat = conv_trunk(image_shape, width, norm=InstanceNorm)
+        self.body, flat = conv_trunk(image_shape, width, norm=InstanceNorm, stages=discriminator_stages(image_shape))
         self.mbd = MinibatchDiscrimination(flat, mb_kernels, mb_kernel_dims) if mb_kernels > 0 else None
         self.head = nn.Linear(flat + (mb_kernels if mb_kernels > 0 else 0), num_classes)
         self.num_classes = num_classes

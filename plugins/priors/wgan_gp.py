@@ -101,12 +101,13 @@ class Generator(nn.Module):
 
 
 def conv_trunk(image_shape: tuple[int, int, int], width: int,
-               norm: Callable[[int], nn.Module] | None = None) -> tuple[nn.Sequential, int]:
+               norm: Callable[[int], nn.Module] | None = None, stages: int | None = None) -> tuple[nn.Sequential, int]:
     """The critic's body: strided 4x4 convs (``width`` channels, doubling per stage) + LeakyReLU(0.2), each
     halving the resolution, then ``Flatten``; ``norm(channels)``, when given, follows every conv (KEDMI's
-    discriminator uses InstanceNorm). Returns the body and its flat feature size."""
+    discriminator uses InstanceNorm). ``stages`` (default: down to a 2x2 map) sets the number of convs.
+    Returns the body and its flat feature size."""
     c, h, w = image_shape
-    n = _stages(max(h, w))
+    n = _stages(max(h, w)) if stages is None else int(stages)
     layers: list[nn.Module] = []
     ch_in, ch = c, width
     for _ in range(n):
