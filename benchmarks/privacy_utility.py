@@ -1,4 +1,4 @@
-"""Privacy-utility sweep: every defense's strength knob at three values, attacked by GMI on the digits CNN.
+"""Privacy-utility sweep: every defense's strength knob at three or more values, attacked by GMI on the digits CNN.
 
 For each (defense, knob value) one bench cell is run through ``invertkit.core.bench.runner.run_cell`` — the
 same code path, content-addressed cache and records as ``cli.py bench`` — with the attack and defense options
@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-#: each defense's strength knob and three values, weakest first (the middle one is usually the default)
+#: each defense's strength knob and its values, weakest first: three around the default, and for MID and pruning
+#: stronger ones, past the paper values, where they start to lower GMI (at a utility cost)
 SWEEP: dict[str, tuple[str, list[Any]]] = {
     "rounding": ("decimals", [3, 1, 0]),
     "top-k": ("k", [3, 2, 1]),
@@ -31,12 +32,12 @@ SWEEP: dict[str, tuple[str, list[Any]]] = {
     "purifier": ("latent", [4, 2, 1]),
     "query-monitor": ("threshold", [1e-5, 1e-3, 0.05]),
     "dp-sgd": ("target_epsilon", [50.0, 8.0, 1.0]),
-    "mid": ("beta", [0.003, 0.01, 0.02]),
+    "mid": ("beta", [0.003, 0.01, 0.02, 0.1, 0.5]),
     "bido": ("lambda_x", [0.01, 0.05, 0.2]),
     "nls": ("alpha", [-0.01, -0.05, -0.2]),
     "tl-dmi": ("frozen_fraction", [0.25, 0.5, 0.75]),
     "distillation": ("temperature", [20.0, 4.0, 1.0]),
-    "pruning": ("sparsity", [0.5, 0.8, 0.95]),
+    "pruning": ("sparsity", [0.5, 0.8, 0.95, 0.99]),
     "netguard": ("fake_ratio", [0.2, 0.5, 1.0]),
 }
 
@@ -105,7 +106,7 @@ def plot(rows: list[dict[str, Any]], path: Path, attack: str, target: str = "dig
                         textcoords="offset points", color=cmap(i % 20))
     ax.set_xlabel("natural accuracy of the defended target (private test split)  -> better utility")
     ax.set_ylabel(f"{attack} attack accuracy acc@1 (evaluation model)  -> worse privacy")
-    ax.set_title(f"Privacy-utility trade-off on {target} ({attack}); each curve: one defense's knob, 3 values")
+    ax.set_title(f"Privacy-utility trade-off on {target} ({attack}); each curve: one defense's strength knob")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best", ncol=2)
     fig.tight_layout()

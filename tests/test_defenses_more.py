@@ -366,6 +366,23 @@ def test_pruning_reaches_its_sparsity(tiny_scenario, plugins) -> None:
     assert sparsity_of(defended.module) == pytest.approx(0.7, abs=1e-4), "fine-tuning revived pruned weights"
 
 
+def test_distillation_spends_only_its_transfer_budget(tiny_scenario, plugins, monkeypatch) -> None:
+    import invertkit.plugins.defenses.distillation as distillation
+
+    seen: list[torch.Tensor] = []
+    monkeypatch.setattr(distillation, "fit", lambda model, loss, data, **kw: seen.append(data[0]))
+    ctx = defense_context(tiny_scenario, plugins)
+    ctx.cached = lambda key, train, build=None: train()
+    defense = distillation.Distillation({"transfer_images": 17})
+    defense.apply(_target(tiny_scenario), ctx)
+    public = tiny_scenario.split.public[0].flatten(1)
+    assert len(seen) == 1 and len(seen[0]) == 17, "the student trains on exactly its budget of public images"
+    rows = seen[0].flatten(1)
+    assert bool((torch.cdist(rows, public).min(1).values == 0).all()), "only public images"
+    assert len(torch.unique(rows, dim=0)) == 17, "a subset, without repeats"
+    assert defense.report()["transfer_images"] == 17
+
+
 def test_mid_releases_the_bottleneck_mean(tiny_scenario, plugins) -> None:
     defended = plugins.get("defense", "mid")(TRAINING["mid"]).apply(_target(tiny_scenario),
                                                                    defense_context(tiny_scenario, plugins))

@@ -9,7 +9,9 @@ architecture, using only the *public* split's images (no labels): the student mi
 with random-shift augmentation. The student never sees a private image; what it knows about the private
 classes is what the teacher's confidences on public images reveal — the knowledge-transfer idea behind
 private-data-free releases (e.g. PATE's student, Papernot et al. 2017). The temperature ``T`` is the knob:
-a higher T transfers more of the teacher's dark knowledge (better utility, less protection).
+a higher T transfers more of the teacher's dark knowledge (better utility, less protection). The second knob,
+``transfer_images``, bounds how many public images the teacher labels for the student (PATE bounds its
+student's queries the same way).
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ class Distillation(DefenseTraining):
             description="Softmax temperature T of teacher and student (the knob: higher transfers more of the "
             "teacher's non-argmax knowledge). Hinton et al. use T in 2-20.",
         )
+        transfer_images: int | None = Field(
+            None, ge=1,
+            description="How many public images the teacher labels for the student (a fixed random subset, the "
+            "student's query budget on the teacher, as PATE bounds its student's queries); None: all of them.",
+        )
         epochs: int | None = Field(None, ge=1, description="Distillation epochs; None: the target recipe's.")
         lr: float | None = Field(None, gt=0.0, description="Adam learning rate; None: the target recipe's.")
         batch_size: int | None = Field(None, ge=1, description="Mini-batch size; None: the target recipe's.")
@@ -60,6 +67,9 @@ class Distillation(DefenseTraining):
         torch.manual_seed(seed)
         student = ctx.new_model()  # type: ignore[misc]
         xp = ctx.data.public[0]
+        budget = self.config.transfer_images
+        if budget is not None and budget < len(xp):
+            xp = xp[torch.randperm(len(xp), generator=torch.Generator().manual_seed(seed))[:budget]]
         unlabelled = (xp, torch.zeros(len(xp), dtype=torch.long))
         temperature = float(self.config.temperature)
 
@@ -72,7 +82,7 @@ class Distillation(DefenseTraining):
         return student
 
     def report(self) -> dict[str, Any]:
-        return {"temperature": float(self.config.temperature)}
+        return {"temperature": float(self.config.temperature), "transfer_images": self.config.transfer_images}
 
 
 @hookimpl
