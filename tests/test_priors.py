@@ -185,6 +185,18 @@ def test_builder_round_trips_through_the_scenario_cache(scenario_of, plugins, mo
     if builder_cls.needs_target:  # another target means another prior: the key covers the target
         with pytest.raises(AssertionError, match="trained again"):
             trained_prior(plugins, sc.preset, sc.split, sc.name, target=sc.target_net, target_key="other-target")
+    # another architecture under the same config (a code change) is another prior, not a mis-load
+    original = builder_cls.networks
+
+    def wider(self, image_shape):  # noqa: ANN001, ANN202
+        nets = original(self, image_shape)
+        first = next(n for n in nets.values())
+        first.register_buffer("extra_for_the_test", torch.zeros(1))
+        return nets
+
+    monkeypatch.setattr(builder_cls, "networks", wider)
+    with pytest.raises(AssertionError, match="trained again"):
+        trained_prior(plugins, sc.preset, sc.split, sc.name, target=sc.target_net, target_key=sc.keys["target"])
 
 
 @pytest.mark.parametrize("name", ["kedmi-gan", "plg-cgan"])

@@ -1,8 +1,9 @@
 """Scenarios: a preset's data split, its target, evaluation model and prior — trained on first use and
 kept in the content-addressed cache (``core.cache``), so a re-run loads instead of training.
 
-A cache key covers the recipe, the data (a fingerprint of the split's tensors) and ``RECIPE_VERSION``;
-change any of them and the model is trained anew under a new key.
+A cache key covers the recipe, the data (a fingerprint of the split's tensors) and ``RECIPE_VERSION`` (a
+prior's also its networks' layout, :func:`architecture_signature`); change any of them and the model is
+trained anew under a new key.
 """
 
 from __future__ import annotations
@@ -144,19 +145,27 @@ def released_classifier(net: nn.Module, recipe: ModelRecipe, split: Split, role:
     return net, facts, key
 
 
+def architecture_signature(nets: dict[str, nn.Module]) -> str:
+    """A digest of every network's parameter and buffer names and shapes: a change to a prior's architecture
+    (not only to its config) gives a new cache key, so a stale cached prior is retrained, not mis-loaded."""
+    layout = {n: [(k, list(v.shape)) for k, v in net.state_dict().items()] for n, net in sorted(nets.items())}
+    return hashlib.sha256(json.dumps(layout).encode()).hexdigest()[:16]
+
+
 def trained_prior(plugins: Plugins, preset: Preset, split: Split, scenario: str,
                   target: nn.Module | None = None, target_key: str = "") -> tuple[Prior, dict[str, Any], str]:
     builder_cls = plugins.get("prior", preset.prior.plugin)
     builder: PriorBuilder = builder_cls(preset.prior.options)
     public = split.public[0]
     needs_target = bool(getattr(builder, "needs_target", False))
-    key = content_key(
-        {"v": RECIPE_VERSION, "plugin": preset.prior.plugin, "cfg": builder.config.model_dump(),
-         "seed": preset.prior.seed, "data": fingerprint(public), "target": target_key if needs_target else ""}
-    )
-    stem = _models_dir() / f"prior-{preset.prior.plugin}-{key}"
     torch.manual_seed(preset.prior.seed)
     nets = builder.networks(split.image_shape)
+    key = content_key(
+        {"v": RECIPE_VERSION, "plugin": preset.prior.plugin, "cfg": builder.config.model_dump(),
+         "seed": preset.prior.seed, "data": fingerprint(public), "target": target_key if needs_target else "",
+         "arch": architecture_signature(nets)}
+    )
+    stem = _models_dir() / f"prior-{preset.prior.plugin}-{key}"
     paths = {n: Path(f"{stem}-{n}.safetensors") for n in nets}
     facts_path = Path(f"{stem}.json")
     if facts_path.is_file() and all(p.is_file() for p in paths.values()):
