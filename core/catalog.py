@@ -87,7 +87,7 @@ class PriorRecipe(Strict):
 
 
 class Preset(Strict):
-    """A scenario: a dataset split by identity, the target, the evaluation model and the prior."""
+    """A scenario: a dataset split by identity, the target, the evaluation model, the judges and the prior."""
 
     summary: str = ""
     dataset: str
@@ -100,6 +100,11 @@ class Preset(Strict):
     seed: int = 0
     target: ModelRecipe
     eval: ModelRecipe
+    #: independent judge classifiers (the ``judge`` metric's ensemble): trained on the private split like the
+    #: evaluation model (``core.zoo.judges.trained_judges``), each of another architecture or seed than the
+    #: target and the evaluation model, never the target; they need the ``features(x)``/``head(f)`` split.
+    #: Empty: the preset has no judges and the ``judge`` metric is a usage error.
+    judges: list[ModelRecipe] = Field(default_factory=list)
     prior: PriorRecipe
 
     _classes = field_validator("private_classes", "public_classes", mode="before")(classmethod(lambda cls, v: class_list(v)))

@@ -1,7 +1,8 @@
 """Helpers shared by several metric plugins (``plugins/metrics``): batched feature extraction, Gaussian
-feature statistics and the Fréchet distance, the unbiased polynomial-kernel MMD of KID, nearest
-same-identity private images, per-sample side inputs aligned with the ``update`` stream, and the
-look-up/loading of the local pretrained files that FID/KID (Inception) and LPIPS (AlexNet/VGG) need.
+feature statistics and the Fréchet distance, the unbiased polynomial-kernel MMD of KID, the reference set
+of the set metrics (the private images of the attacked identities), nearest same-identity private images,
+per-sample side inputs aligned with the ``update`` stream, and the look-up/loading of the local pretrained
+files that FID/KID (Inception) and LPIPS (AlexNet/VGG) need.
 
 Nothing here downloads: a pretrained file that is not on disk is a :class:`DataNotFoundError` naming the
 file, the folders searched, where to put it and where it is published.
@@ -168,9 +169,9 @@ def fid_inception_for(given: str | None, device: torch.device) -> nn.Module:
 
 
 def reference_features(net: nn.Module, images: Tensor, device: torch.device, batch_size: int) -> Tensor:
-    """``net``'s features of the reference (private) images, kept on the network object (with the
-    :class:`GaussianStats` of them, see :func:`reference_stats`) so that the fid, kid and prdc metrics of
-    every bench cell share one pass over the private set."""
+    """``net``'s features of the reference images (:func:`reference_images`), kept on the network object
+    (with the :class:`GaussianStats` of them, see :func:`reference_stats`) so that the fid, kid and prdc
+    metrics of every bench cell share one pass over the reference set."""
     store, key = _reference_store(net, images)
     if key not in store:
         store[key] = {"features": features(net, images, device, batch_size)}
@@ -217,6 +218,33 @@ def features(fn: Callable[[Tensor], Tensor], images: Tensor, device: torch.devic
     if not out:
         return torch.zeros(0, 0, dtype=torch.float64)
     return torch.cat(out)
+
+
+def attacked_mask(ctx: MetricContext) -> Tensor:
+    """Which private images belong to an attacked identity: a boolean mask over ``ctx.private_labels``
+    (every image when ``ctx.attacked`` is ``None``)."""
+    labels = ctx.private_labels.detach().cpu().long()
+    if ctx.attacked is None:
+        return torch.ones(len(labels), dtype=torch.bool)
+    attacked = torch.as_tensor(ctx.attacked).detach().cpu().long().flatten()
+    return torch.isin(labels, attacked)
+
+
+def reference_images(ctx: MetricContext) -> Tensor:
+    """The reference set of the set metrics (FID, KID, PRDC, fid-eval): the private images of the identities
+    attacked in the cell (``ctx.attacked``; all private images when ``None``), as in the official
+    KEDMI-lineage evaluation (Re-thinking_MI), which compares the reconstructions of the attacked identities
+    with those identities' private images only."""
+    if ctx.attacked is None:
+        return ctx.private_images
+    return ctx.private_images[attacked_mask(ctx).to(ctx.private_images.device)]
+
+
+def reference_eval_features(ctx: MetricContext, batch_size: int = 512) -> Tensor:
+    """Evaluation-model features of :func:`reference_images`: the rows of :func:`private_features` (computed
+    once per context) of the attacked identities."""
+    feats = private_features(ctx, batch_size)
+    return feats if ctx.attacked is None else feats[attacked_mask(ctx)]
 
 
 def private_features(ctx: MetricContext, batch_size: int = 512) -> Tensor:

@@ -21,13 +21,19 @@ from invertkit.core.interfaces.config import ComponentConfig, build_config
 @dataclass
 class MetricContext:
     """``eval_logits(x)`` and ``eval_features(x)`` evaluate images with the evaluation model;
-    ``private_images``/``private_labels`` are the target's private training data (the reference set)."""
+    ``private_images``/``private_labels`` are the target's private training data (the reference set);
+    ``judges`` are the independent judge's classifiers (an ensemble of evaluation models of other
+    architectures and seeds, trained on the private data, never the target; empty when the preset has none).
+    ``attacked`` are the identities attacked in the cell (``None``: every private identity), the reference
+    set of set metrics (FID, KID, PRDC)."""
 
     eval_logits: Callable[[Tensor], Tensor]
     eval_features: Callable[[Tensor], Tensor]
     private_images: Tensor
     private_labels: Tensor
     num_classes: int
+    judges: list[Any] = field(default_factory=list)
+    attacked: Tensor | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     extras: dict[str, Any] = field(default_factory=dict)
 

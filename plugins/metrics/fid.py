@@ -1,5 +1,7 @@
 """FID (Heusel et al., NeurIPS 2017, https://arxiv.org/abs/1706.08500) between the reconstructions and the
-private images, with pytorch-fid's port of the TensorFlow FID Inception (2048-d pool features;
+private images of the attacked identities (``ctx.attacked``; every private identity when ``None``: the
+official KEDMI-lineage evaluation compares with the attacked identities' private images only), with
+pytorch-fid's port of the TensorFlow FID Inception (2048-d pool features;
 https://github.com/mseitzer/pytorch-fid): images in ``[0, 1]``, grey repeated to three channels, resized
 bilinearly to 299x299 as pytorch-fid does. Lower is closer to the private data.
 
@@ -19,7 +21,14 @@ from torch import Tensor
 from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.config import ComponentConfig
 from invertkit.core.interfaces.metric import Metric, MetricContext
-from invertkit.core.metrics import GaussianStats, features, fid_inception_for, frechet_distance, reference_stats
+from invertkit.core.metrics import (
+    GaussianStats,
+    features,
+    fid_inception_for,
+    frechet_distance,
+    reference_images,
+    reference_stats,
+)
 
 
 class InceptionConfig(ComponentConfig):
@@ -34,7 +43,7 @@ class FID(Metric):
     paper = "https://arxiv.org/abs/1706.08500"
     keys = ("fid",)
     higher_is_better = {"fid": False}
-    summary = "Fréchet Inception Distance (pytorch-fid's Inception, local weights) to the private images."
+    summary = "Fréchet Inception Distance (local pytorch-fid Inception) to the attacked identities' private images."
     Config = InceptionConfig
 
     def __init__(self, ctx: MetricContext, config=None) -> None:  # noqa: ANN001
@@ -50,9 +59,10 @@ class FID(Metric):
 
     def compute(self) -> dict[str, float]:
         gen = torch.cat(self.feats) if self.feats else torch.zeros(0, 0)
-        if len(gen) < 2 or len(self.ctx.private_images) < 2:
+        ref_images = reference_images(self.ctx)
+        if len(gen) < 2 or len(ref_images) < 2:
             return {"fid": float("nan")}
-        ref = reference_stats(self.net, self.ctx.private_images, self.ctx.device, self.config.batch_size)
+        ref = reference_stats(self.net, ref_images, self.ctx.device, self.config.batch_size)
         return {"fid": frechet_distance(GaussianStats.from_features(gen), ref)}
 
 

@@ -1,9 +1,10 @@
 """KID, the Kernel Inception Distance (Binkowski et al., ICLR 2018, https://arxiv.org/abs/1801.01401):
 the unbiased estimate of the squared MMD between the Inception features of the reconstructions and of the
-private images under the cubic polynomial kernel ``k(a, b) = (aᵀb / d + 1)³``, averaged over ``subsets``
-random subsets of ``subset_size`` samples per set (100 x 1000 in the paper and torch-fidelity; fewer when
-fewer samples exist), with its standard deviation over subsets. Unlike FID it is unbiased, so it can be
-compared across sample counts. Lower is closer to the private data.
+private images of the attacked identities (``ctx.attacked``; every private identity when ``None``) under the
+cubic polynomial kernel ``k(a, b) = (aᵀb / d + 1)³``, averaged over ``subsets`` random subsets of
+``subset_size`` samples per set (100 x 1000 in the paper and torch-fidelity; fewer when fewer samples exist),
+with its standard deviation over subsets. Unlike FID it is unbiased, so it can be compared across sample
+counts. Lower is closer to the private data.
 
 Same Inception and the same local weights file as ``fid`` (``pt_inception-2015-12-05-6726825d.pth``, option
 ``weights``, else ``$INVERTKIT_CACHE/weights/`` or the torch hub checkpoints folder; never downloaded).
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.metric import Metric, MetricContext
-from invertkit.core.metrics import features, fid_inception_for, kid, reference_features
+from invertkit.core.metrics import features, fid_inception_for, kid, reference_features, reference_images
 from invertkit.plugins.metrics.fid import InceptionConfig
 
 
@@ -26,7 +27,7 @@ class KID(Metric):
     paper = "https://arxiv.org/abs/1801.01401"
     keys = ("kid", "kid_std")
     higher_is_better = {"kid": False}  # kid_std is the spread of the estimate over subsets, descriptive
-    summary = "Kernel Inception Distance (unbiased polynomial-kernel MMD over subsets) to the private images."
+    summary = "Kernel Inception Distance (unbiased polynomial MMD) to the attacked identities' private images."
 
     class Config(InceptionConfig):
         subsets: int = Field(100, ge=1, le=10000, description="number of random subsets")
@@ -46,9 +47,10 @@ class KID(Metric):
 
     def compute(self) -> dict[str, float]:
         gen = torch.cat(self.feats) if self.feats else torch.zeros(0, 0)
-        if len(gen) < 2 or len(self.ctx.private_images) < 2:
+        ref_images = reference_images(self.ctx)
+        if len(gen) < 2 or len(ref_images) < 2:
             return {"kid": float("nan"), "kid_std": float("nan")}
-        ref = reference_features(self.net, self.ctx.private_images, self.ctx.device, self.config.batch_size)
+        ref = reference_features(self.net, ref_images, self.ctx.device, self.config.batch_size)
         c = self.config
         mean, std = kid(gen, ref, c.subsets, c.subset_size, c.seed)
         return {"kid": mean, "kid_std": std}

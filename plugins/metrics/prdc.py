@@ -1,6 +1,7 @@
 """Precision, recall, density and coverage (Naeem et al., ICML 2020, https://arxiv.org/abs/2002.09797;
 official code https://github.com/clovaai/generative-evaluation-prdc) of the reconstructions ("fake")
-against the private images ("real"), with k-nearest-neighbour balls (default ``k = 5``, the paper's):
+against the private images of the attacked identities ("real"; ``ctx.attacked``, every private identity when
+``None``), with k-nearest-neighbour balls (default ``k = 5``, the paper's):
 
 - the radius of a sample is the distance to its k-th nearest neighbour within its own set;
 - precision: fraction of fakes inside at least one real ball; recall: fraction of reals inside at least
@@ -23,7 +24,13 @@ from torch import Tensor
 
 from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.metric import Metric, MetricContext
-from invertkit.core.metrics import features, fid_inception_for, private_features, reference_features
+from invertkit.core.metrics import (
+    features,
+    fid_inception_for,
+    reference_eval_features,
+    reference_features,
+    reference_images,
+)
 from invertkit.plugins.metrics.fid import InceptionConfig
 
 BLOCK = 1024
@@ -67,7 +74,7 @@ class PRDC(Metric):
     paper = "https://arxiv.org/abs/2002.09797"
     keys = ("precision", "recall", "density", "coverage")
     higher_is_better = {"precision": True, "recall": True, "density": True, "coverage": True}
-    summary = "Precision / recall / density / coverage (k-NN balls) of reconstructions vs private images."
+    summary = "Precision / recall / density / coverage (k-NN balls) vs the attacked identities' private images."
 
     class Config(InceptionConfig):
         k: int = Field(5, ge=1, le=1000, description="nearest neighbours defining each ball (paper: 5)")
@@ -91,9 +98,9 @@ class PRDC(Metric):
     def compute(self) -> dict[str, float]:
         fake = torch.cat(self.feats) if self.feats else torch.zeros(0, 1, dtype=torch.float64)
         if self.net is not None:
-            real = reference_features(self.net, self.ctx.private_images, self.ctx.device, self.config.batch_size)
+            real = reference_features(self.net, reference_images(self.ctx), self.ctx.device, self.config.batch_size)
         else:
-            real = private_features(self.ctx)
+            real = reference_eval_features(self.ctx)
         return prdc(real, fake, self.config.k)
 
 
