@@ -52,10 +52,13 @@ def np_topk_acc(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float((order == labels[:, None]).any(axis=1).mean())
 
 
-def np_knn(feats: np.ndarray, labels: np.ndarray, ref: np.ndarray, ref_labels: np.ndarray) -> float:
-    """Mean over reconstructions (of identities that have private images) of the distance to the nearest
-    private image of the same identity."""
+def np_knn(feats: np.ndarray, labels: np.ndarray, ref: np.ndarray, ref_labels: np.ndarray,
+           squared: bool = True) -> float:
+    """Mean over reconstructions (of identities that have private images) of the squared distance (the
+    official calc_knn; ``squared=False``: the distance) to the nearest private image of the same identity."""
     d = np_cdist(feats.astype(np.float64), ref.astype(np.float64))
+    if squared:
+        d = d**2
     out = [d[i, ref_labels == y].min() for i, y in enumerate(labels) if (ref_labels == y).any()]
     return float(np.mean(out)) if out else math.nan
 
@@ -232,9 +235,44 @@ def test_attack_acc_accumulates_counts_not_batch_means() -> None:
 
 
 # ---------------------------------------------------------------------------------------- knn-dist
-def knn_reference(ctx: MetricContext, model: LinearEval, x: Tensor, y: Tensor) -> float:
+def knn_reference(ctx: MetricContext, model: LinearEval, x: Tensor, y: Tensor, squared: bool = True) -> float:
     return np_knn(model.np_features(x.numpy()), y.numpy(), model.np_features(ctx.private_images.numpy()),
-                  ctx.private_labels.numpy())
+                  ctx.private_labels.numpy(), squared)
+
+
+class _Identity:
+    """An evaluation model whose features are the flattened image (hand-computable distances)."""
+
+    @staticmethod
+    def features(x: Tensor) -> Tensor:
+        return x.reshape(len(x), -1)
+
+
+def test_knn_dist_is_the_official_squared_distance_by_hand() -> None:
+    # private features of identity 0: (0, 0) and (3, 0); of identity 1: (0, 4)
+    ref = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]]).view(3, 1, 1, 2)
+    ctx = MetricContext(eval_logits=lambda x: x.reshape(len(x), -1), eval_features=_Identity.features,
+                        private_images=ref, private_labels=torch.tensor([0, 0, 1]), num_classes=2)
+    x = torch.tensor([[1.0, 1.0], [3.0, 4.0]]).view(2, 1, 1, 2)
+    y = torch.tensor([0, 1])
+    # nearest same-identity private feature: (0, 0) at squared distance 2, (0, 4) at squared distance 9
+    official = KNNDistance(ctx)
+    official.update(x, y)
+    assert official.compute()["knn_dist"] == pytest.approx((2.0 + 9.0) / 2)
+    plain = KNNDistance(ctx, {"squared": False})
+    plain.update(x, y)
+    assert plain.compute()["knn_dist"] == pytest.approx((math.sqrt(2.0) + 3.0) / 2)
+    assert KNNDistance.Config().squared is True
+
+
+@hsettings
+@given(batch=batches())
+def test_knn_dist_unsquared_option_matches_scipy(batch: tuple[Tensor, Tensor]) -> None:
+    x, y = batch
+    m = KNNDistance(CTX10, {"squared": False})
+    m.update(x, y)
+    assert m.compute()["knn_dist"] == pytest.approx(knn_reference(CTX10, MODEL10, x, y, squared=False),
+                                                    rel=1e-5, abs=1e-6)
 
 
 @hsettings

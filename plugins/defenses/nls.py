@@ -6,17 +6,42 @@ Label smoothing trains on the soft targets ``t = (1 - alpha) * onehot(y) + alpha
 that positive ``alpha`` makes a model *more* vulnerable to model inversion, while a *negative* ``alpha``
 (the target class pushed above 1, the others below 0) hinders it: the confidences saturate, so the attack's
 gradient signal around a class vanishes. The loss is the cross-entropy with the soft targets,
-``-sum_c t_c log p_c``.
+``-sum_c t_c log p_c`` (the official ``losses/label_smoothing.py``: ``(1 - alpha) * NLL + alpha * mean_c
+(-log p_c)``, the same quantity).
 
-Training with a negative factor from the start hampers convergence, so the smoothing factor follows a
-warm-up schedule: 0 for the first ``warmup`` fraction of the epochs, then a linear ramp over the next
-``ramp`` fraction to ``alpha``, then ``alpha`` until the end (``ramp = 0``: a step to ``alpha``).
+Follows the authors' code, LukasStruppek/Plug-and-Play-Attacks (the ICLR 2024 update), ``train_model.py``
+(``ls_scheduler``, used whenever ``label_smoothing < 0``) and ``losses/label_smoothing.py``. Its schedule, for
+its 100-epoch face-recognition runs, is: no smoothing for epochs 0-49, then ``alpha * (e + 1 - 50) /
+(n_epochs - 50)`` for epochs 50-74 (a linear ramp reaching only ``alpha / 2`` at epoch 74), then a step to the
+full ``alpha`` from epoch 75 on. Here (``schedule = "official"``, the default) the same shape is expressed as
+fractions of the configured epochs ``E``, so a CPU-sized run keeps it: with ``start = round(warmup * E)``
+and ``end = round((warmup + ramp) * E)``,
+
+    factor(e) = 0                                    for e < start
+              = alpha * (e + 1 - start) / (E - start)  for start <= e < end
+              = alpha                                for e >= end
+
+with the official ``warmup = 0.5``, ``ramp = 0.25`` (``E = 100`` gives exactly the official 50 / 75 epochs).
+
+Deliberate differences from the official code:
+
+* the epoch boundaries are fractions of the configured epochs (the official ones are the absolute epochs
+  50 and 75, which only make sense for its 100-epoch runs; a 10-epoch run of the official code would
+  never smooth). Rounding is half-up.
+* ``schedule = "linear"`` is kept as an option: this module's earlier schedule, a linear ramp from 0 after
+  ``warmup`` that reaches the full ``alpha`` at ``warmup + ramp`` (no step); with its old defaults
+  ``warmup = 0.25``, ``ramp = 0.25`` it reaches ``alpha`` at half the epochs. It is not the paper's: use it
+  only to reproduce earlier runs (set ``warmup``/``ramp`` explicitly).
+* the optimiser and learning-rate schedule are the target recipe's (the official runs: Adam 1e-3,
+  MultiStepLR at epochs 75 and 90, batch 128) — the defense changes only the loss.
+
 ``alpha`` is the strength (more negative is stronger); the paper's face-recognition models use -0.05.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import math
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,15 +54,29 @@ from invertkit.core.interfaces.defense import DefenseContext
 from invertkit.core.zoo.defended_training import DefenseTraining, fit, recipe_hparams
 
 
-def smoothing_factor(epoch: int, epochs: int, alpha: float, warmup: float, ramp: float) -> float:
-    """The label-smoothing factor of ``epoch`` (0-based) under the warm-up schedule."""
-    start = int(round(warmup * epochs))
-    length = int(round(ramp * epochs))
+def _boundary(fraction: float, epochs: int) -> int:
+    """``fraction * epochs`` rounded half-up (so 22.5 is 23, not Python's banker's 22)."""
+    return int(math.floor(fraction * epochs + 0.5))
+
+
+def smoothing_factor(epoch: int, epochs: int, alpha: float, warmup: float, ramp: float,
+                     schedule: str = "official") -> float:
+    """The label-smoothing factor of ``epoch`` (0-based) of ``epochs``.
+
+    ``"official"`` (the authors' ``ls_scheduler``, scaled to ``epochs``): 0 before ``start = warmup * E``,
+    ``alpha * (epoch + 1 - start) / (E - start)`` until ``end = (warmup + ramp) * E``, ``alpha`` from ``end``.
+    ``"linear"``: 0 before ``start``, a linear ramp reaching ``alpha`` at ``end`` (``ramp = 0``: a step)."""
+    start = _boundary(warmup, epochs)
+    end = max(start, _boundary(warmup + ramp, epochs))
     if epoch < start:
         return 0.0
-    if length <= 0:
+    if epoch >= end:
         return alpha
-    return alpha * min(1.0, (epoch - start + 1) / length)
+    if schedule == "official":
+        return alpha * (epoch - start + 1) / max(1, epochs - start)
+    if schedule == "linear":
+        return alpha * min(1.0, (epoch - start + 1) / (end - start))
+    raise ValueError(f"nls: unknown schedule {schedule!r}")
 
 
 def smoothed_cross_entropy(logits: Tensor, y: Tensor, alpha: float) -> Tensor:
@@ -59,9 +98,19 @@ class NLS(DefenseTraining):
             description="Label-smoothing factor reached after the warm-up (the strength: more negative is stronger; "
             "positive values smooth, which the paper shows helps the attacker). Paper: -0.05.",
         )
-        warmup: float = Field(0.25, ge=0.0, le=1.0, description="Fraction of the epochs trained without smoothing.")
+        schedule: Literal["official", "linear"] = Field(
+            "official",
+            description="'official': the authors' ls_scheduler as fractions of the epochs (0 until warmup, a ramp "
+            "reaching alpha/2 at warmup+ramp with the defaults, then a step to alpha); 'linear': this module's "
+            "earlier schedule (a linear ramp reaching alpha at warmup+ramp; not the paper's).",
+        )
+        warmup: float = Field(
+            0.5, ge=0.0, le=1.0, description="Fraction of the epochs trained without smoothing. Official: 0.5 (50 of 100)."
+        )
         ramp: float = Field(
-            0.25, ge=0.0, le=1.0, description="Fraction of the epochs over which the factor ramps linearly to alpha."
+            0.25, ge=0.0, le=1.0,
+            description="Fraction of the epochs of the ramp; alpha in full after warmup + ramp. Official: 0.25 "
+            "(epochs 50-74 of 100).",
         )
         epochs: int | None = Field(None, ge=1, description="Training epochs; None: the target recipe's.")
         lr: float | None = Field(None, gt=0.0, description="Adam learning rate; None: the target recipe's.")
@@ -69,8 +118,8 @@ class NLS(DefenseTraining):
 
     name: ClassVar[str] = "nls"
     summary: ClassVar[str] = (
-        "Negative label smoothing (soft targets (1 - alpha) onehot + alpha / K, alpha < 0) after a warm-up "
-        "without smoothing."
+        "Negative label smoothing (soft targets (1 - alpha) onehot + alpha / K, alpha < 0) on the authors' "
+        "schedule: none for the first half of the epochs, a ramp to alpha/2, alpha from 75%."
     )
     paper: ClassVar[str] = "https://arxiv.org/abs/2310.06549"
 
@@ -83,14 +132,14 @@ class NLS(DefenseTraining):
         epochs = int(hp["epochs"])
 
         def loss(model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> Tensor:
-            a = smoothing_factor(epoch, epochs, float(cfg.alpha), float(cfg.warmup), float(cfg.ramp))
+            a = smoothing_factor(epoch, epochs, float(cfg.alpha), float(cfg.warmup), float(cfg.ramp), cfg.schedule)
             return smoothed_cross_entropy(model(x), y, a)
 
         fit(net, loss, ctx.data.private_train, seed=seed, **hp)
         return net
 
     def report(self) -> dict[str, Any]:
-        return {"alpha": float(self.config.alpha)}
+        return {"alpha": float(self.config.alpha), "schedule": self.config.schedule}
 
 
 @hookimpl
