@@ -301,16 +301,17 @@ def _split_options(options: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 @click.option("--samples", default=None, type=click.IntRange(min=1), help="Reconstructions per identity.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", default=None, type=click.Path(), help="Write the reconstructions (PNG grid) and the record here.")
+@click.option("--adaptive", is_flag=True,
+              help="An adaptive attacker: holds the weights and must pass an output defense (BPDA gradients); labelled.")
 @click.option("--registry", "registry_path", type=click.Path())
 def run_cmd(attack: str, target: str, defense: str, options: tuple[str, ...], samples: int | None, seed: int,
-            out: str | None, registry_path: str | None) -> None:
+            out: str | None, adaptive: bool, registry_path: str | None) -> None:
     """Run one attack against one (defended) target and print its metrics."""
-    from invertkit.core.bench.plan import Cell
+    from invertkit.core.bench.plan import Cell, skip_reason, target_capabilities
     from invertkit.core.bench.report import grid_png
     from invertkit.core.bench.runner import run_cell
     from invertkit.core.cache import atomic_write_bytes, atomic_write_json
     from invertkit.core.errors import CapabilityError, InvertkitError, UsageError
-    from invertkit.core.interfaces.capability import ACCESS_LEVELS, describe
     from invertkit.core.interfaces.config import build_config
 
     _check_out(out)
@@ -327,14 +328,15 @@ def run_cmd(attack: str, target: str, defense: str, options: tuple[str, ...], sa
     if grouped:
         raise UsageError(f"unknown option prefix '{next(iter(grouped))}.' (use KEY=VALUE or defense.KEY=VALUE)")
     build_config(a_cls.Config, a_opts, what=f"attack '{attack}'")
-    left = d_cls(d_opts).capabilities(ACCESS_LEVELS[tspec.access] & frozenset(plugins.get("backend", tspec.backend).capabilities))
-    missing = frozenset(a_cls.requires) - left
-    if missing:
-        raise CapabilityError(f"attack '{attack}' needs {describe(a_cls.requires)} but '{target}' under '{defense}' "
-                              f"exposes {describe(left)} (missing {describe(missing)})")
-    default_samples = catalog.bench["default"].samples_per_identity if "default" in catalog.bench else 8
+    reason = skip_reason(catalog, plugins, a_cls, d_cls(d_opts), target, target_capabilities(catalog, plugins, target),
+                         adaptive=adaptive)
+    if reason:
+        raise CapabilityError(f"attack '{attack}' on '{target}' under '{defense}': {reason}")
+    default = catalog.bench.get("default")
     cell = Cell(attack=attack, defense=defense, target=target, attack_options=a_opts, defense_options=d_opts,
-                samples_per_identity=samples or default_samples, seed=seed)
+                samples_per_identity=samples or (default.samples_per_identity if default else 8), seed=seed,
+                metrics=("attack-acc", "knn-dist", *(("judge",) if getattr(catalog.preset(tspec.preset), "judges", None) else ())),
+                adaptive=adaptive)
     outcome = run_cell(cell, catalog, plugins, use_cache=False, debug=_debug_now())
     rec = outcome.record
     if rec["status"] != "ok":
@@ -352,25 +354,41 @@ def run_cmd(attack: str, target: str, defense: str, options: tuple[str, ...], sa
 
 def _print_matrix(records: list[dict[str, Any]]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from invertkit.core.bench.report import cell_text, fmt, matrix
 
     attacks, defenses, cell = matrix(records)
+    judged = any("judge_acc" in r.get("metrics", {}) for r in records)
+    adaptive = any(r.get("mode") == "adaptive" for r in records)
     console = Console(stderr=False, width=160)
+
+    def text(r: dict[str, Any] | None) -> str:
+        main = cell_text(r, "acc@1")
+        if judged and r is not None and r["status"] == "ok" and "judge_acc" in r["metrics"]:
+            main += f" ({fmt(r['metrics']['judge_acc'])})"
+        return escape(main)
+
     for t in dict.fromkeys(r["target"] for r in records):
-        table = Table(title=f"attack acc@1 on '{t}' (evaluation model)  |  last row: defended natural accuracy")
+        title = (f"attack acc@1 on '{t}' (evaluation model{'; the judge in brackets' if judged else ''})"
+                 f"{'  |  ADAPTIVE attackers' if adaptive else ''}  |  last row: defended natural accuracy")
+        table = Table(title=escape(title))
         table.add_column("attack \\ defense")
         for d in defenses:
-            table.add_column(d, justify="right")
+            table.add_column(escape(d), justify="right")
         for a in attacks:
-            table.add_row(a, *[cell_text(cell.get((t, a, d)), "acc@1") for d in defenses])
+            table.add_row(escape(a), *[text(cell.get((t, a, d))) for d in defenses])
         nat = []
         for d in defenses:
             vals = [r["metrics"].get("natural_acc") for r in records if r["target"] == t and r["defense"] == d and r["status"] == "ok"]
             nat.append(fmt(vals[0]) if vals else "–")
         table.add_row("natural acc", *nat, style="italic")
         console.print(table)
+    reasons = dict.fromkeys(r["reason"] for r in records if r["status"] == "skipped")
+    for reason in reasons:
+        who = sorted({f"{r['attack']} x {r['defense']}" for r in records if r["status"] == "skipped" and r["reason"] == reason})
+        console.print(escape(f"skipped ({', '.join(who)}): {reason}"), soft_wrap=True)
 
 
 @cli.command("bench")
@@ -383,9 +401,13 @@ def _print_matrix(records: list[dict[str, Any]]) -> None:
 @click.option("--out", default=BENCH_DEFAULT_OUT, show_default=True, type=click.Path(), help="Report folder.")
 @click.option("--fresh", is_flag=True, help="Ignore cached cells and recompute them.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--adaptive", is_flag=True,
+              help="Adaptive attackers: white-box attacks hold the weights and must pass output defenses (BPDA "
+                   "gradients). Opt-in; every record and table says so.")
 @click.option("--registry", "registry_path", type=click.Path())
 def bench_cmd(matrix_name: str, attacks: str | None, defenses: str | None, targets: str | None,
-              options: tuple[str, ...], out: str, fresh: bool, executor: str, registry_path: str | None) -> None:
+              options: tuple[str, ...], out: str, fresh: bool, executor: str, adaptive: bool,
+              registry_path: str | None) -> None:
     """Run an attacks x defenses x targets matrix; print it and write results.{jsonl,csv,md} + report.html."""
     from invertkit.core.bench.plan import make_plan
     from invertkit.core.bench.report import write_report
@@ -408,8 +430,8 @@ def bench_cmd(matrix_name: str, attacks: str | None, defenses: str | None, targe
         else:
             raise unknown("attack or defense", comp, [*plugins.registry["attack"], *plugins.registry["defense"]])
     plan = make_plan(catalog, plugins, matrix=matrix_name, attacks=attacks, defenses=defenses, targets=targets,
-                     options=overrides)
-    click.echo(f"bench '{matrix_name}': {len(plan.cells)} cells ({len(plan.runnable)} to run, {len(plan.skipped)} skipped "
+                     options=overrides, adaptive=adaptive)
+    click.echo(f"bench '{matrix_name}'{' (ADAPTIVE attackers)' if adaptive else ''}: {len(plan.cells)} cells ({len(plan.runnable)} to run, {len(plan.skipped)} skipped "
                f"for missing capabilities or prior)", err=True)
 
     def progress(i: int, n: int, rec: dict[str, Any]) -> None:
@@ -420,7 +442,7 @@ def bench_cmd(matrix_name: str, attacks: str | None, defenses: str | None, targe
 
     ex = RayExecutor(registry_path) if executor == "ray" else None
     outcomes = run_bench(plan, catalog, plugins, use_cache=not fresh, executor=ex, progress=progress, debug=_debug_now())
-    out_dir = write_report(out, outcomes, title=f"invertkit bench '{matrix_name}'")
+    out_dir = write_report(out, outcomes, title=f"invertkit bench '{matrix_name}'" + (" — adaptive attackers" if adaptive else ""))
     records = [o.record for o in outcomes]
     plugins.notify("invertkit_bench_end", records=records, out_dir=str(out_dir))
     _print_matrix(records)

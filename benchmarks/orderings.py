@@ -34,6 +34,11 @@ VARIANTS: dict[str, tuple[str, int, dict[str, Any]]] = {
     "gmi-ma": ("gmi-ma", 0, {}),
     "gmi-lomma (kl)": ("gmi-lomma", 0, {"distill_variant": "kl"}),
     "gmi-lomma (kl+l2)": ("gmi-lomma", 0, {"distill_variant": "kl_l2"}),
+    # MA's students with random 1-pixel shifts while distilling: not the official recipe (the default before
+    # the official-defaults fix), kept to measure what the augmentation contributes
+    "gmi-ma (shift aug)": ("gmi-ma", 0, {"distill_augment": True}),
+    "gmi-lomma (kl, shift aug)": ("gmi-lomma", 0, {"distill_variant": "kl", "distill_augment": True}),
+    "gmi-lomma (kl+l2, shift aug)": ("gmi-lomma", 0, {"distill_variant": "kl_l2", "distill_augment": True}),
 }
 
 #: (better, worse): the papers' claims, as ``better >= worse``

@@ -170,9 +170,10 @@ def identities(samples: int) -> Tensor:
     return torch.arange(5).repeat_interleave(samples)
 
 
-def scenario_context(scenario, plugins) -> AttackContext:  # noqa: ANN001
+def scenario_context(scenario, plugins, cache=None) -> AttackContext:  # noqa: ANN001
+    """The attacker's context: public data and plugins (never the scenario), and optionally the bench's cache."""
     return AttackContext(public_images=scenario.split.public[0], public_labels=scenario.split.public[1],
-                         scenario=scenario, plugins=plugins)
+                         plugins=plugins, cache=cache)
 
 
 def attack_acc(scenario, result: AttackResult) -> float:  # noqa: ANN001
@@ -285,17 +286,26 @@ def test_attack_moves_the_target_towards_the_identity(scenario, name, make, cond
     assert float(after.mean()) < float(before.mean()) - DROPS[name], (name, float(before.mean()), float(after.mean()))
 
 
-def test_ma_uses_the_scenario_cache_and_counts_as_averaging(scenario, plugins) -> None:  # noqa: ANN001
+def test_ma_students_are_distilled_through_the_target_and_counted(scenario, plugins) -> None:  # noqa: ANN001
+    from invertkit.core.interfaces.access import seal
     from invertkit.core.zoo.distill import augmented_models
+    from invertkit.core.zoo.scenario import derived_cache
 
-    ctx = scenario_context(scenario, plugins)
     cfg = {"iterations": 5, "distill_epochs": 2}
+    public = len(scenario.split.public[0])
     target = white_box(scenario)
+    ctx = scenario_context(scenario, plugins, cache=derived_cache(scenario, target, "none"))
     result = GMIMA(cfg, context=ctx)(target, identities(1), prior=scenario.prior, seed=0)
     assert result.extras["augmented_models"] == 2  # the default students for 8x8 images: small-cnn, small-mlp
-    # the students came from augmented_models' cache (so distilling cost the attack no query)
-    assert result.queries == target.queries == 5 * 5
-    students = augmented_models(scenario, plugins, ["small-cnn", "small-mlp"], "kl", seed=0, epochs=2)
+    # each student asked the target once per public image (no augmentation: its answers never change)
+    assert result.queries == target.queries == 5 * 5 + 2 * public
+    # re-used from the cache, the students are paid for again
+    cached = white_box(scenario)
+    ctx = scenario_context(scenario, plugins, cache=derived_cache(scenario, cached, "none"))
+    again = GMIMA(cfg, context=ctx)(cached, identities(1), prior=scenario.prior, seed=0)
+    assert again.queries == result.queries and torch.allclose(again.images, result.images, atol=1e-6)
+    students = augmented_models(seal(white_box(scenario)), scenario.split.public[0], plugins,
+                                ["small-cnn", "small-mlp"], "kl", seed=0, epochs=2)
     # the same students given explicitly give the very same reconstructions
     given = AttackContext(extras={"augmented_models": students})
     again = GMIMA(cfg, context=given)(white_box(scenario), identities(1), prior=scenario.prior, seed=0)
@@ -311,12 +321,17 @@ def test_plg_mi_runs_on_the_plg_cgan_prior(plugins) -> None:  # noqa: ANN001
     from invertkit.core.catalog import load_catalog
     from invertkit.core.zoo.scenario import build_scenario
 
+    from invertkit.core.zoo.scenario import prior_for
+
     with torch_threads(1):
         sc = build_scenario("digits-tiny-plg", load_catalog(PRIORS_REGISTRY), plugins)
-    assert sc.prior.conditional
+        target = TorchTarget(sc.target_net, num_classes=5, input_shape=(1, 8, 8))
+        prior, _ = prior_for(sc, plugins, target, "none")  # fitted to the target through its view, counted
+    assert prior.conditional
+    fitted = target.queries
+    assert fitted > 0
     labels = identities(2)
-    target = TorchTarget(sc.target_net, num_classes=5, input_shape=(1, 8, 8))
-    result = PLGMI({"iterations": 30})(target, labels, prior=sc.prior, seed=0)
-    assert result.queries == target.queries == 30 * 2 * len(labels)  # two augmented views per step
-    start = RandomPrior()(target, labels, prior=sc.prior, seed=0)
+    result = PLGMI({"iterations": 30})(target, labels, prior=prior, seed=0)
+    assert result.queries == target.queries - fitted == 30 * 2 * len(labels)  # two augmented views per step
+    start = RandomPrior()(target, labels, prior=prior, seed=0)
     assert float(target_margin(sc, result.images, labels).mean()) < float(target_margin(sc, start.images, labels).mean())

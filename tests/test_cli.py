@@ -330,7 +330,11 @@ def test_validate_missing_file(tmp_path: Path) -> None:
 def test_capability_error_says_what_is_missing() -> None:
     line = error_line(invoke("run", "--attack", "gmi", "--defense", "label-only", "--target", "tiny-cnn",
                              "--registry", TINY), 1, "attack 'gmi'", "label-only")
-    assert "missing {grad, probs}" in line and "exposes {label}" in line
+    # judged as deployed: an API filter is no obstacle to whoever holds the gradients, so it is skipped, and why
+    assert "holds the weights" in line and "undefended" in line
+    line = error_line(invoke("run", "--attack", "nes", "--defense", "label-only", "--target", "tiny-cnn",
+                             "--registry", TINY), 1, "attack 'nes'", "label-only")
+    assert "needs {probs}" in line and "exposes {label}" in line
 
 
 def test_query_budget_exceeded_and_nothing_half_written(scenario, tmp_path: Path) -> None:
@@ -400,7 +404,7 @@ def test_console_debug_shows_the_traceback() -> None:
                        "--registry", TINY)
     assert proc.returncode == 1
     assert "Traceback (most recent call last)" in proc.stderr
-    assert "CapabilityError: attack 'gmi' needs" in proc.stderr
+    assert "CapabilityError: attack 'gmi' on 'tiny-cnn' under 'label-only'" in proc.stderr
     assert not any(line.startswith("error: ") for line in proc.stderr.splitlines())
 
 
@@ -444,7 +448,7 @@ def test_bench_writes_the_report_and_caches_cells(scenario, tmp_path: Path) -> N
     assert cells["random-prior", "none"]["metrics"]["queries"] == 0
     assert cells["gmi", "none"]["metrics"]["queries"] > 0 and cells["nes", "none"]["metrics"]["queries"] > 0
     assert "| attack \\ defense |" in (first / "results.md").read_text()
-    assert (first / "results.csv").read_text().splitlines()[0].startswith("attack,defense,target,status,reason,acc@1")
+    assert (first / "results.csv").read_text().splitlines()[0].startswith("attack,defense,target,mode,status,reason,acc@1")
     assert "<img src='data:image/png;base64," in (first / "report.html").read_text()
 
     again = ok(invoke("bench", "--registry", TINY, "--out", second))

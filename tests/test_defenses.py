@@ -155,7 +155,9 @@ def test_rounding_example() -> None:
 @given(seed=seeds(), x=image_batches((1, 8, 8)), decimals=st.integers(0, 3))
 def test_rounding_gradient_is_straight_through(seed: int, x: Tensor, decimals: int) -> None:
     w = torch.linspace(-1.0, 2.0, 5)
-    defended = Rounding({"decimals": decimals}).apply(make_tiny_target(seed), DefenseContext(seed=0))
+    # an adaptive attacker (holds the weights, must pass the filter): BPDA, the identity backward
+    defended = Rounding({"decimals": decimals}).apply(make_tiny_target(seed), DefenseContext(seed=0, adaptive=True))
+    assert C.GRAD not in Rounding({"decimals": decimals}).apply(make_tiny_target(seed)).capabilities  # as deployed
     xd = x.clone().requires_grad_(True)
     q = defended.probs(xd)
     (q * w).sum().backward()
@@ -268,7 +270,7 @@ def test_gaussian_noise_is_noise_and_is_seeded(p: Tensor, seed: int) -> None:
 @given(seed=seeds(), x=image_batches((1, 8, 8)), defense_seed=seeds())
 def test_gaussian_noise_gradient_is_exact(seed: int, x: Tensor, defense_seed: int) -> None:
     defense = GaussianNoise({"sigma": 1.0, "clip": 3.0})
-    defended = defense.apply(make_tiny_target(seed), DefenseContext(seed=defense_seed))
+    defended = defense.apply(make_tiny_target(seed), DefenseContext(seed=defense_seed, adaptive=True))
     state = defended.generator.get_state()  # type: ignore[attr-defined]
     w = torch.linspace(-1.0, 2.0, 5)
     xd = x.clone().requires_grad_(True)

@@ -38,11 +38,29 @@ def prior_catalog():
     return load_catalog(PRIORS_REGISTRY)
 
 
+def tiny_target(sc):  # noqa: ANN001, ANN201
+    from invertkit.core.interfaces.target import TorchTarget
+
+    return TorchTarget(sc.target_net, num_classes=sc.num_classes, input_shape=sc.image_shape)
+
+
 @pytest.fixture(scope="module")
 def scenario_of(prior_catalog, plugins):
-    from invertkit.core.zoo.scenario import build_scenario
+    """The scenario of a prior's preset; a prior that learns from the target is fitted (through the attacker's
+    view of the undefended target, as a cell under 'none' does) and put in its place."""
+    from dataclasses import replace
 
-    return lambda prior: build_scenario(PRESETS[prior], prior_catalog, plugins)
+    from invertkit.core.zoo.scenario import build_scenario, trained_prior
+
+    def get(prior: str):  # noqa: ANN202
+        sc = build_scenario(PRESETS[prior], prior_catalog, plugins)
+        if sc.prior is None:
+            p, facts, key = trained_prior(plugins, sc.preset, sc.split, sc.name, target=tiny_target(sc),
+                                          target_key=f"{sc.keys['target']}/none")
+            sc = replace(sc, prior=p, facts={**sc.facts, "prior": facts}, keys={**sc.keys, "prior": key})
+        return sc
+
+    return get
 
 
 def _labels(prior, n: int) -> torch.Tensor | None:
@@ -176,15 +194,18 @@ def test_builder_round_trips_through_the_scenario_cache(scenario_of, plugins, mo
         raise AssertionError("the prior was trained again instead of loaded from the cache")
 
     monkeypatch.setattr(builder_cls, "train", no_training)
-    prior, facts, key = trained_prior(plugins, sc.preset, sc.split, sc.name, target=sc.target_net,
-                                      target_key=sc.keys["target"])
+    own = f"{sc.keys['target']}/none" if builder_cls.needs_target else ""
+    target = tiny_target(sc)
+    prior, facts, key = trained_prior(plugins, sc.preset, sc.split, sc.name, target=target, target_key=own)
     assert key == sc.keys["prior"] and facts == sc.facts["prior"]
+    if builder_cls.needs_target:  # loaded from the cache, it is paid for all the same: one query per public image
+        assert target.queries == facts["queries"] >= len(sc.split.public[0])  # PLG also scores its fakes
     z = sc.prior.sample_latent(4, torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(prior.decode(z, _labels(prior, 4)), sc.prior.decode(z, _labels(sc.prior, 4)))
     if builder_cls.needs_target:  # another target means another prior: the key covers the target
         with pytest.raises(AssertionError, match="trained again"):
-            trained_prior(plugins, sc.preset, sc.split, sc.name, target=sc.target_net, target_key="other-target")
+            trained_prior(plugins, sc.preset, sc.split, sc.name, target=target, target_key="other-target/none")
     # another architecture under the same config (a code change) is another prior, not a mis-load
     original = builder_cls.networks
 
@@ -196,7 +217,7 @@ def test_builder_round_trips_through_the_scenario_cache(scenario_of, plugins, mo
 
     monkeypatch.setattr(builder_cls, "networks", wider)
     with pytest.raises(AssertionError, match="trained again"):
-        trained_prior(plugins, sc.preset, sc.split, sc.name, target=sc.target_net, target_key=sc.keys["target"])
+        trained_prior(plugins, sc.preset, sc.split, sc.name, target=target, target_key=own)
 
 
 @pytest.mark.parametrize("name", ["kedmi-gan", "plg-cgan"])
@@ -208,7 +229,10 @@ def test_inversion_specific_priors_need_the_target_and_its_class_count(plugins, 
     nets = b.networks((1, 8, 8))
     with pytest.raises(ConfigError, match="target"):
         b.train(nets, torch.rand(40, 1, 8, 8), seed=0, target=None)
-    five = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 5))
+    from invertkit.core.interfaces.target import TorchTarget
+
+    five = TorchTarget(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 5)), num_classes=5,
+                       input_shape=(1, 8, 8))
     with pytest.raises(ConfigError, match="num_classes is 3"):
         b.train(nets, torch.rand(40, 1, 8, 8), seed=0, target=five)
 
@@ -238,13 +262,15 @@ def test_pseudo_labelling_keeps_n_most_confident_public_images_per_class(scenari
     tiny_scenario = scenario_of("plg-cgan")
 
     public = tiny_scenario.split.public[0]
-    x, y, conf = pseudo_label(tiny_scenario.target_net, public, 20)
+    target = tiny_target(tiny_scenario)
+    x, y, conf = pseudo_label(target, public, 20)
+    assert target.queries == len(public)  # one query per public image, through the target's API
     assert torch.equal(torch.bincount(y, minlength=5), torch.full((5,), 20))
     with torch.no_grad():
         probs = tiny_scenario.target_net.eval()(public).softmax(1)
     for c in range(5):
         # the 20 chosen confidences for class c are the 20 largest ones
-        assert torch.allclose(conf[y == c].sort(descending=True).values, probs[:, c].topk(20).values)
+        assert torch.allclose(conf[y == c].sort(descending=True).values, probs[:, c].topk(20).values, atol=1e-6)
     assert tuple(x.shape[1:]) == tuple(public.shape[1:])
 
 
@@ -391,8 +417,19 @@ def test_augmented_models_are_trained_once_and_loaded_after(tiny_target_scenario
 
     tiny_scenario = tiny_target_scenario
 
+    from invertkit.core.interfaces.access import seal
+    from invertkit.core.zoo.scenario import derived_cache
+
+    target = tiny_target(tiny_scenario)
+    public = tiny_scenario.split.public[0]
+
+    def students_of(archs, variant, **kw):  # noqa: ANN001, ANN003, ANN202
+        return augmented_models(seal(target), public, plugins, archs, variant,
+                                cache=derived_cache(tiny_scenario, target, "none"), **kw)
+
     kw = {"epochs": 2, "lr": 0.05}
-    students = augmented_models(tiny_scenario, plugins, ["small-mlp", "small-mlp"], "kl_l2", **kw)
+    students = students_of(["small-mlp", "small-mlp"], "kl_l2", **kw)
+    assert target.queries == 2 * len(public)  # each student asked the target once per public image
     assert len(students) == 2 and all(not s.training for s in students)
     # seeded seed + i: two students of one architecture differ
     p0, p1 = (next(s.parameters()) for s in students)
@@ -402,12 +439,13 @@ def test_augmented_models_are_trained_once_and_loaded_after(tiny_target_scenario
         raise AssertionError("trained again")
 
     monkeypatch.setattr(distill_mod, "distill", no_training)
-    again = augmented_models(tiny_scenario, plugins, ["small-mlp", "small-mlp"], "kl_l2", **kw)
+    again = students_of(["small-mlp", "small-mlp"], "kl_l2", **kw)
+    assert target.queries == 4 * len(public)  # loaded, and paid for again
     x = tiny_scenario.split.public[0][:16]
     for a, b in zip(students, again):
         assert torch.equal(a(x), b(x))
     with pytest.raises(AssertionError, match="trained again"):  # another variant is another key
-        augmented_models(tiny_scenario, plugins, ["small-mlp"], "kl", **kw)
+        students_of(["small-mlp"], "kl", **kw)
     with pytest.raises(ConfigError, match="unknown option"):
-        augmented_models(tiny_scenario, plugins, ["small-mlp"], "kl", epoch=3)
+        students_of(["small-mlp"], "kl", epoch=3)
     assert logit_gap(again[0], tiny_scenario.target_net, x)[0] > 0

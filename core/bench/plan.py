@@ -1,5 +1,11 @@
 """Bench planning: the attacks x defenses x targets cross product, with every pair whose required
-capabilities the defended target lacks marked ``skipped`` (and why) before anything runs."""
+capabilities the defended target lacks marked ``skipped`` (and why) before anything runs.
+
+Defenses are judged as deployed (:meth:`~invertkit.core.interfaces.defense.Defense.granted`): an API filter
+takes ``grad`` away, so white-box attacks are skipped under it with the reason, unless the plan is
+explicitly ``adaptive`` (an attacker who holds the weights and must still pass the filter; every cell of
+such a plan says so). A prior that learns from the target (KEDMI's GAN, PLG-MI's cGAN) is fitted to the
+defended target, so its needs (``target_requires``) are checked against what the defense leaves too."""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ from typing import Any
 from invertkit.core.cache import content_key
 from invertkit.core.catalog import BenchSpec, Catalog
 from invertkit.core.errors import UsageError
-from invertkit.core.interfaces.capability import ACCESS_LEVELS, describe
+from invertkit.core.interfaces.capability import ACCESS_LEVELS, Capability as C, describe
 from invertkit.core.interfaces.config import build_config
 from invertkit.core.plugins import Plugins
 from invertkit.core.registry import unknown
@@ -28,16 +34,24 @@ class Cell:
     samples_per_identity: int = 8
     identities: tuple[int, ...] | None = None
     seed: int = 0
+    #: an adaptive attacker (holds the weights and must pass an API filter): opt-in, labelled everywhere
+    adaptive: bool = False
     status: str = "planned"  # planned | skipped
     reason: str = ""
 
     def describe(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def mode(self) -> str:
+        return "adaptive" if self.adaptive else "deployed"
+
     def key(self, extra: dict[str, Any]) -> str:
         d = self.describe()
         d.pop("status")
         d.pop("reason")
+        if not d["adaptive"]:
+            d.pop("adaptive")  # deployed cells keep the keys they had
         return content_key({**d, **extra})
 
 
@@ -76,6 +90,7 @@ def make_plan(
     defenses: str | None = None,
     targets: str | None = None,
     options: dict[str, dict[str, Any]] | None = None,
+    adaptive: bool = False,
 ) -> Plan:
     """Build the plan of bench matrix ``matrix``; the patterns narrow (or replace) its component lists.
 
@@ -100,37 +115,21 @@ def make_plan(
     options = options or {}
     cells: list[Cell] = []
     for t in target_names:
-        tspec = catalog.target(t)
-        backend = plugins.get("backend", tspec.backend)
-        target_caps = ACCESS_LEVELS[tspec.access] & frozenset(backend.capabilities)
-        prior_plugin = catalog.preset(tspec.preset).prior.plugin
-        prior_cls = plugins.get("prior", prior_plugin)
-        prior_conditional = bool(getattr(prior_cls, "conditional", False))
-        prior_layered = bool(getattr(prior_cls, "layered", False))
+        target_caps = target_capabilities(catalog, plugins, t)
         for d in defense_names:
             d_opts = {**spec.defense_options.get(d, {}), **options.get(f"defense:{d}", {})}
             defense = plugins.get("defense", d)(d_opts)  # validates the options now, before any cell runs
-            left = defense.capabilities(target_caps)
             for a in attack_names:
                 a_cls = plugins.get("attack", a)
                 a_opts = {**spec.attack_options.get(a, {}), **options.get(f"attack:{a}", {})}
                 build_config(a_cls.Config, a_opts, what=f"attack '{a}'")
-                missing = frozenset(a_cls.requires) - left
-                status, reason = "planned", ""
-                if missing:
-                    status = "skipped"
-                    reason = (f"needs {describe(missing)}; '{t}' under '{d}' exposes {describe(left)}")
-                elif getattr(a_cls, "needs_conditional_prior", False) and not prior_conditional:
-                    status = "skipped"
-                    reason = f"needs a conditional prior; '{t}' uses '{prior_plugin}', which is not"
-                elif getattr(a_cls, "needs_layered_prior", False) and not prior_layered:
-                    status = "skipped"
-                    reason = f"needs a prior with layered decoding; '{t}' uses '{prior_plugin}', which has none"
+                reason = skip_reason(catalog, plugins, a_cls, defense, t, target_caps, adaptive=adaptive)
                 cells.append(
                     Cell(
                         attack=a, defense=d, target=t, attack_options=a_opts, defense_options=d_opts,
                         metrics=tuple(spec.metrics), samples_per_identity=spec.samples_per_identity,
-                        identities=spec.identities, seed=spec.seed, status=status, reason=reason,
+                        identities=spec.identities, seed=spec.seed, adaptive=adaptive,
+                        status="skipped" if reason else "planned", reason=reason,
                     )
                 )
     return Plan(name=matrix, spec=spec, cells=cells)
@@ -140,3 +139,36 @@ def _match(name: str, pattern: str) -> bool:
     import fnmatch
 
     return any(fnmatch.fnmatchcase(name, p.strip()) for p in pattern.split(",") if p.strip())
+
+
+def target_capabilities(catalog: Catalog, plugins: Plugins, target: str) -> frozenset:
+    """What the registry entry ``target`` exposes before any defense: its access level within its backend's."""
+    tspec = catalog.target(target)
+    return ACCESS_LEVELS[tspec.access] & frozenset(plugins.get("backend", tspec.backend).capabilities)
+
+
+def skip_reason(catalog: Catalog, plugins: Plugins, a_cls: Any, defense: Any, target: str, target_caps: frozenset, *,
+                adaptive: bool = False) -> str:
+    """Why attack class ``a_cls`` cannot run on ``target`` under ``defense`` (an instance), or ``""``. The one
+    place the bench and ``cli.py run`` decide it."""
+    a, d, t = a_cls.name, defense.name, target
+    left = defense.granted(target_caps, adaptive=adaptive)
+    missing = frozenset(a_cls.requires) - left
+    if C.GRAD in missing and defense.filters_api and C.GRAD in target_caps and not adaptive:
+        return (f"white-box: an attacker who holds gradients holds the weights, and '{d}' filters what an API "
+                f"returns, so the white-box figure for '{t}' is the undefended one (an adaptive BPDA attacker "
+                "is opt-in: --adaptive)")
+    if missing:
+        return f"needs {describe(missing)}; '{t}' under '{d}' exposes {describe(left)}"
+    prior_plugin = catalog.preset(catalog.target(t).preset).prior.plugin
+    prior_cls = plugins.get("prior", prior_plugin)
+    if getattr(a_cls, "needs_conditional_prior", False) and not getattr(prior_cls, "conditional", False):
+        return f"needs a conditional prior; '{t}' uses '{prior_plugin}', which is not"
+    if getattr(a_cls, "needs_layered_prior", False) and not getattr(prior_cls, "layered", False):
+        return f"needs a prior with layered decoding; '{t}' uses '{prior_plugin}', which has none"
+    if getattr(a_cls, "needs_prior", True) and getattr(prior_cls, "needs_target", False):
+        lacking = frozenset(getattr(prior_cls, "target_requires", frozenset())) - left
+        if lacking:
+            return (f"its prior '{prior_plugin}' learns from the target as defended and needs {describe(lacking)}; "
+                    f"'{t}' under '{d}' exposes {describe(left)}")
+    return ""

@@ -18,7 +18,12 @@ import torch
 from invertkit.core.bench.runner import METRIC_KEYS, CellOutcome
 from invertkit.core.cache import atomic_write_bytes, atomic_write_text
 
-COLUMNS = ("attack", "defense", "target", "status", "reason", *METRIC_KEYS)
+RECORD_KEYS = ("attack", "defense", "target", "mode", "status", "reason")
+COLUMNS = (*RECORD_KEYS, *METRIC_KEYS)
+#: the headline matrices: one opinion (the evaluation model), the independent judge, and where they disagree
+HEADLINES = (("acc@1", "attack acc@1 (evaluation model)"),
+             ("judge_acc", "judge's acc@1 (ensemble of other evaluation models)"),
+             ("adversarial_rate", "adversarial rate (accepted by the evaluation model, rejected by the judge)"))
 
 
 def fmt(v: Any, key: str = "") -> str:
@@ -40,10 +45,20 @@ def columns(records: list[dict[str, Any]]) -> tuple[str, ...]:
 
 
 def flat(record: dict[str, Any], cols: tuple[str, ...] = COLUMNS) -> dict[str, Any]:
-    row = {k: record.get(k, "") for k in ("attack", "defense", "target", "status", "reason")}
-    for k in cols[5:]:
+    row = {k: record.get(k, "deployed" if k == "mode" else "") for k in RECORD_KEYS}
+    for k in cols[len(RECORD_KEYS):]:
         row[k] = record.get("metrics", {}).get(k, "")
     return row
+
+
+def headlines(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The headline metrics some cell reports, in :data:`HEADLINES` order."""
+    seen = {k for r in records for k in r.get("metrics", {})}
+    return [(k, label) for k, label in HEADLINES if k in seen] or [HEADLINES[0]]
+
+
+def skips(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if r["status"] in ("skipped", "failed")]
 
 
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
@@ -83,18 +98,27 @@ def markdown(records: list[dict[str, Any]], title: str = "invertkit bench") -> s
     attacks, defenses, cell = matrix(records)
     targets = list(dict.fromkeys(r["target"] for r in records))
     out = [f"# {title}", ""]
+    if any(r.get("mode") == "adaptive" for r in records):
+        out += ["**Adaptive attackers**: white-box attacks hold the weights and pass output defenses by BPDA; "
+                "these are not the deployed figures.", ""]
     for t in targets:
-        out += [f"## target `{t}` — attack acc@1 (evaluation model)", ""]
-        out.append("| attack \\ defense | " + " | ".join(defenses) + " |")
-        out.append("|---|" + "---|" * len(defenses))
-        for a in attacks:
-            out.append(f"| {a} | " + " | ".join(cell_text(cell.get((t, a, d)), "acc@1") for d in defenses) + " |")
-        nat = []
-        for d in defenses:
-            vals = [r["metrics"].get("natural_acc") for r in records
-                    if r["target"] == t and r["defense"] == d and r["status"] == "ok"]
-            nat.append(fmt(vals[0], "natural_acc") if vals else "–")
-        out.append("| *natural acc* | " + " | ".join(nat) + " |")
+        for key, label in headlines(records):
+            out += [f"## target `{t}` — {label}", ""]
+            out.append("| attack \\ defense | " + " | ".join(defenses) + " |")
+            out.append("|---|" + "---|" * len(defenses))
+            for a in attacks:
+                out.append(f"| {a} | " + " | ".join(cell_text(cell.get((t, a, d)), key) for d in defenses) + " |")
+            nat = []
+            for d in defenses:
+                vals = [r["metrics"].get("natural_acc") for r in records
+                        if r["target"] == t and r["defense"] == d and r["status"] == "ok"]
+                nat.append(fmt(vals[0], "natural_acc") if vals else "–")
+            out.append("| *natural acc* | " + " | ".join(nat) + " |")
+            out.append("")
+    if skips(records):
+        out += ["## skipped and failed cells", ""]
+        out += [f"- `{r['attack']}` x `{r['defense']}` x `{r['target']}`: {r['status']} — {r['reason']}"
+                for r in skips(records)]
         out.append("")
     cols = columns(records)
     out += ["## all cells", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -138,18 +162,23 @@ def write_html(path: Path, outcomes: list[CellOutcome], title: str) -> None:
          "<style>body{font-family:sans-serif;margin:2em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:center}"
          "table{border-collapse:collapse;margin-bottom:1.5em}img{image-rendering:pixelated}</style>",
          f"<h1>{html.escape(title)}</h1>"]
+    if any(r.get("mode") == "adaptive" for r in records):
+        h.append("<p><b>Adaptive attackers</b>: white-box attacks hold the weights and pass output defenses by BPDA; "
+                 "these are not the deployed figures.</p>")
     for t in targets:
-        h.append(f"<h2>target {html.escape(t)}: attack acc@1 (evaluation model; red = more leakage)</h2><table><tr><th></th>")
-        h += [f"<th>{html.escape(d)}</th>" for d in defenses] + ["</tr>"]
-        for a in attacks:
-            h.append(f"<tr><th>{html.escape(a)}</th>")
-            for d in defenses:
-                r = cell.get((t, a, d))
-                v = r["metrics"].get("acc@1") if r and r["status"] == "ok" else None
-                tip = html.escape(r["reason"]) if r else ""
-                h.append(f"<td title='{tip}' style='background:{heat(v)}'>{html.escape(cell_text(r, 'acc@1'))}</td>")
-            h.append("</tr>")
-        h.append("</table><h3>reconstructions (one row per identity)</h3><table><tr><th></th>")
+        for key, label in headlines(records):
+            h.append(f"<h2>target {html.escape(t)}: {html.escape(label)} (red = more leakage)</h2><table><tr><th></th>")
+            h += [f"<th>{html.escape(d)}</th>" for d in defenses] + ["</tr>"]
+            for a in attacks:
+                h.append(f"<tr><th>{html.escape(a)}</th>")
+                for d in defenses:
+                    r = cell.get((t, a, d))
+                    v = r["metrics"].get(key) if r and r["status"] == "ok" else None
+                    tip = html.escape(r["reason"], quote=True) if r else ""
+                    h.append(f"<td title='{tip}' style='background:{heat(v)}'>{html.escape(cell_text(r, key))}</td>")
+                h.append("</tr>")
+            h.append("</table>")
+        h.append("<h3>reconstructions (one row per identity)</h3><table><tr><th></th>")
         h += [f"<th>{html.escape(d)}</th>" for d in defenses] + ["</tr>"]
         for a in attacks:
             h.append(f"<tr><th>{html.escape(a)}</th>")
@@ -164,6 +193,11 @@ def write_html(path: Path, outcomes: list[CellOutcome], title: str) -> None:
                     h.append(f"<td>{html.escape(cell_text(o.record if o else None, 'acc@1'))}</td>")
             h.append("</tr>")
         h.append("</table>")
+    if skips(records):
+        h.append("<h2>skipped and failed cells</h2><ul>")
+        h += [f"<li>{html.escape(r['attack'])} &times; {html.escape(r['defense'])} &times; {html.escape(r['target'])}: "
+              f"{html.escape(r['status'])} — {html.escape(r['reason'])}</li>" for r in skips(records)]
+        h.append("</ul>")
     atomic_write_bytes(path, "\n".join(h).encode())
 
 

@@ -25,9 +25,13 @@ from invertkit.core.interfaces.attack import AttackContext
 from invertkit.core.interfaces.metric import MetricContext
 from invertkit.core.interfaces.target import TargetModel
 from invertkit.core.plugins import Plugins
-from invertkit.core.zoo.scenario import Scenario, build_scenario, defense_context, natural_accuracy
+from invertkit.core.cache import content_key
+from invertkit.core.zoo.scenario import (
+    Scenario, build_scenario, defense_context, derived_cache, natural_accuracy, prior_for,
+)
 
-METRIC_KEYS = ("acc@1", "acc@5", "knn_dist", "natural_acc", "queries", "seconds")
+METRIC_KEYS = ("acc@1", "judge_acc", "adversarial_rate", "acc@5", "knn_dist", "natural_acc", "queries",
+               "prior_queries", "seconds")
 
 
 def cells_dir() -> Path:
@@ -47,7 +51,9 @@ def load_target(catalog: Catalog, plugins: Plugins, name: str) -> tuple[TargetMo
     return target, scenario
 
 
-def metric_context(scenario: Scenario) -> MetricContext:
+def metric_context(scenario: Scenario, attacked: torch.Tensor | None = None) -> MetricContext:
+    """The evaluator's side of a cell (never handed to an attack): the evaluation model, the independent
+    judges, the private training images, and the identities attacked (the set metrics' reference)."""
     from invertkit.core.errors import UsageError
     from invertkit.core.interfaces.target import split_classifier
 
@@ -61,6 +67,8 @@ def metric_context(scenario: Scenario) -> MetricContext:
         private_images=scenario.split.private_train[0],
         private_labels=scenario.split.private_train[1],
         num_classes=scenario.num_classes,
+        judges=[j.eval() for j in scenario.judges],
+        attacked=None if attacked is None else torch.unique(torch.as_tensor(attacked)),
     )
 
 
@@ -79,7 +87,7 @@ def run_cell(cell: Cell, catalog: Catalog, plugins: Plugins, *, use_cache: bool 
              natural_cache: dict | None = None, debug: bool = False) -> CellOutcome:
     """Compute one cell (or read it from the cache). A failure inside the cell becomes a ``failed`` record
     (its error in ``reason``); with ``debug`` the exception propagates instead, traceback and all."""
-    base = {"attack": cell.attack, "defense": cell.defense, "target": cell.target}
+    base = {"attack": cell.attack, "defense": cell.defense, "target": cell.target, "mode": cell.mode}
     if cell.status == "skipped":
         return CellOutcome({**base, "status": "skipped", "reason": cell.reason, "metrics": {}})
     try:
@@ -92,18 +100,22 @@ def run_cell(cell: Cell, catalog: Catalog, plugins: Plugins, *, use_cache: bool 
             record["cached"] = True
             return CellOutcome(record, tensors["images"], tensors["labels"])
         defense = plugins.get("defense", cell.defense)(cell.defense_options)
-        ctx = defense_context(scenario, plugins, seed=cell.seed)
-        attacked = defense.apply(target, ctx)
+        attacked = defense.apply(target, defense_context(scenario, plugins, seed=cell.seed, adaptive=cell.adaptive))
+        d_key = content_key({"defense": cell.defense, "options": cell.defense_options, "seed": cell.seed,
+                             "adaptive": cell.adaptive})
         attack = plugins.get("attack", cell.attack)(cell.attack_options)
+        # what the attacker derives from the target is derived from it as defended, and paid for in queries
+        prior, prior_facts = prior_for(scenario, plugins, attacked, d_key) if attack.needs_prior else (None, {})
+        prior_queries = attacked.queries
         attack.context = AttackContext(public_images=scenario.split.public[0], public_labels=scenario.split.public[1],
-                                       scenario=scenario, plugins=plugins)
+                                       plugins=plugins, cache=derived_cache(scenario, attacked, d_key))
         ids = torch.tensor(cell.identities if cell.identities is not None else range(scenario.num_classes))
         labels = ids.repeat_interleave(cell.samples_per_identity)
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        result = attack(attacked, labels, prior=scenario.prior, seed=cell.seed)
-        mctx = metric_context(scenario)
+        result = attack(attacked, labels, prior=prior, seed=cell.seed)
+        mctx = metric_context(scenario, ids)
         mctx.extras["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan")
         metrics: dict[str, Any] = {}
         for m in cell.metrics:
@@ -120,7 +132,9 @@ def run_cell(cell: Cell, catalog: Catalog, plugins: Plugins, *, use_cache: bool 
             metrics["natural_acc"] = natural_accuracy(defended.label, *scenario.split.private_test)
             if natural_cache is not None:
                 natural_cache[nat_key] = metrics["natural_acc"]
-        metrics["queries"] = result.queries
+        # every query behind the cell: the prior fitted to the target, derived students, the search itself
+        metrics["queries"] = attacked.queries
+        metrics["prior_queries"] = prior_queries
         metrics["seconds"] = round(result.seconds, 3)
         record = {
             **base,
@@ -128,7 +142,7 @@ def run_cell(cell: Cell, catalog: Catalog, plugins: Plugins, *, use_cache: bool 
             "reason": "",
             "metrics": metrics,
             "key": key,
-            "gradient": getattr(defense, "gradient", "exact"),
+            "gradient": gradient_label(defense, cell.adaptive),
             "attack_config": result.config,
             "defense_config": defense.config.model_dump(mode="json"),
             "defense_report": defense.report(),
@@ -194,6 +208,16 @@ def _ray_cell(cell: Cell, registry_path: str | None, use_cache: bool):  # noqa: 
 
     out = run_cell(cell, load_catalog(registry_path), get_plugins(), use_cache=use_cache)
     return out.record, out.images, out.labels
+
+
+def gradient_label(defense: Any, adaptive: bool) -> str:
+    """How gradients reach the attacker in a cell: none through a deployed API filter; BPDA or exact through
+    it for an adaptive attacker; the defense's own word otherwise."""
+    if getattr(defense, "filters_api", False):
+        if not adaptive:
+            return "none (deployed API)"
+        return "BPDA (identity backward)" if getattr(defense, "straight_through", False) else "exact (adaptive)"
+    return getattr(defense, "gradient", "exact")
 
 
 def run_bench(plan: Plan, catalog: Catalog, plugins: Plugins, *, use_cache: bool = True, executor=None,

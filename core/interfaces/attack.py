@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from invertkit.core.errors import CapabilityError, UsageError
+from invertkit.core.interfaces.access import seal
 from invertkit.core.interfaces.capability import Capabilities, describe
 from invertkit.core.interfaces.config import ComponentConfig, build_config
 from invertkit.core.interfaces.prior import Prior
@@ -18,16 +19,26 @@ from invertkit.core.interfaces.results import AttackResult
 from invertkit.core.interfaces.target import TargetModel
 
 
-@dataclass
+@dataclass(frozen=True)
 class AttackContext:
-    """What an attacker may use beyond the target and the prior, set by the bench before ``run``:
-    ``public_images``/``public_labels`` (the public split the prior was trained on — never private data),
-    the ``scenario`` and the loaded ``plugins`` (e.g. to build augmented models), and free ``extras``."""
+    """The attacker's view beyond the target and the prior, set by the bench before ``run``, and all of it:
+
+    * ``public_images``/``public_labels``: the public split (never private data);
+    * ``plugins``: the loaded plugins, to build architectures (MA's students, surrogates);
+    * ``cache(key, train, build, label=...)``: a cache for what the attack derives from the target (students,
+      surrogates, fitted priors), namespaced by the (target, defense) of the cell; the queries an artifact cost
+      when it was trained are charged again whenever it is re-used, so a cell pays for what it uses. ``None``
+      outside the bench: derive afresh;
+    * ``extras``: free, caller-supplied values (e.g. ``augmented_models`` to skip MA's distillation).
+
+    No scenario, no private split, no evaluation model, no raw network: whatever an attack takes from the target
+    goes through the :class:`~invertkit.core.interfaces.access.TargetView` it is handed, and is counted.
+    """
 
     public_images: Tensor | None = None
     public_labels: Tensor | None = None
-    scenario: Any = None
     plugins: Any = None
+    cache: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -65,13 +76,16 @@ class Attack(ABC):
             raise UsageError(f"attack '{self.name}' needs a prior and none was given")
 
     def __call__(self, target: TargetModel, labels: Tensor, *, prior: Prior | None = None, seed: int = 0) -> AttackResult:
-        """Check requirements, then :meth:`run` with a seeded generator; the result's ``queries`` and
-        ``seconds`` are measured here, around :meth:`run`, so no attack can under-report them."""
+        """Check requirements, then :meth:`run` with a seeded generator on the attacker's *view* of ``target``
+        (:class:`~invertkit.core.interfaces.access.TargetView`: the public query API, read-only counters, no
+        route to the wrapped network); the result's ``queries`` and ``seconds`` are measured here, around
+        :meth:`run`, so no attack can under-report them."""
         self.check(target, prior)
+        view = seal(target)
         generator = torch.Generator().manual_seed(int(seed))
         torch.manual_seed(int(seed))
         q0, t0 = target.queries, time.perf_counter()
-        result = self.run(target, torch.as_tensor(labels).long(), prior=prior, seed=int(seed), generator=generator)
+        result = self.run(view, torch.as_tensor(labels).long(), prior=prior, seed=int(seed), generator=generator)
         result.queries = target.queries - q0
         result.seconds = time.perf_counter() - t0
         result.seed = int(seed)

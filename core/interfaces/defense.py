@@ -3,10 +3,13 @@
 Two kinds:
 
 * **output** defenses (:class:`OutputDefense`) wrap a target and transform the confidence vector it
-  releases. Everything the attacker sees goes through the transform — labels, top-k and, when the
-  target keeps ``grad``, gradients: for a non-differentiable transform (rounding, top-k) the gradient is
-  the *straight-through* one (the forward pass returns the transformed vector, the backward pass that of
-  the undefended one), which the report states.
+  releases. They are judged *as deployed*: such a defense filters what an API returns, and an attacker who
+  holds gradients holds the weights and is not behind the filter. So an API filter removes ``grad``
+  (``filters_api``): white-box attacks are skipped under it, and the white-box figure for that model is the
+  undefended one. The explicit, opt-in **adaptive** mode (``DefenseContext.adaptive``, ``bench --adaptive``)
+  models an attacker who holds the weights *and* must still pass the filter: gradients then flow through the
+  transform where it is differentiable and, where it is not (rounding, top-k, cut-offs), by BPDA with the
+  identity as the backward approximation (Athalye et al., ICML 2018), and every record says so.
 * **training** defenses produce a new target by training it; they are given a :class:`DefenseContext`.
 """
 
@@ -43,6 +46,8 @@ class DefenseContext:
     """
 
     seed: int = 0
+    #: the attacker is adaptive (holds the weights and must pass an API filter): opt-in, labelled
+    adaptive: bool = False
     data: Any = None
     recipe: Any = None
     new_model: Callable[[], Any] | None = None
@@ -58,6 +63,9 @@ class Defense(ABC):
     summary: ClassVar[str] = ""
     #: how gradients pass, for the report ("exact", "straight-through", "none")
     gradient: ClassVar[str] = "exact"
+    #: the defense filters what an API returns: an attacker who holds gradients holds the weights and is not
+    #: behind it, so it removes ``grad`` unless the attacker is explicitly adaptive (see :meth:`granted`)
+    filters_api: ClassVar[bool] = False
 
     def __init__(self, config: ComponentConfig | dict[str, Any] | None = None) -> None:
         self.config = build_config(self.Config, config, what=f"defense '{self.name}'")
@@ -65,6 +73,14 @@ class Defense(ABC):
     @abstractmethod
     def capabilities(self, given: Capabilities) -> Capabilities:
         """The capabilities left to the attacker when the undefended target has ``given``. A subset of it."""
+
+    def granted(self, given: Capabilities, *, adaptive: bool = False) -> Capabilities:
+        """What the attacker gets as deployed: :meth:`capabilities`, less ``grad`` for an API filter unless
+        ``adaptive``. The plan, the CLI and the defended targets all ask this one method."""
+        left = frozenset(self.capabilities(frozenset(given)))
+        if self.filters_api and not adaptive:
+            left = left - {C.GRAD}
+        return left
 
     def report(self) -> dict[str, Any]:
         """Facts about the defense as applied (e.g. DP-SGD's spent epsilon), for the bench record."""
@@ -79,8 +95,11 @@ class OutputDefense(Defense):
     """A defense that post-processes the released confidence vector.
 
     Subclasses set ``removes`` and implement :meth:`transform` (``probs -> released probs``, rows summing
-    to one). ``straight_through`` says whether gradients bypass the transform.
+    to one). ``straight_through`` says that the transform has no useful gradient, so an *adaptive* attacker
+    differentiates it by BPDA (identity backward); a deployed API releases no gradient at all.
     """
+
+    filters_api: ClassVar[bool] = True
 
     removes: ClassVar[Capabilities] = frozenset({C.LOGITS, C.FEATURES, C.WEIGHTS})
     straight_through: ClassVar[bool] = False
@@ -99,28 +118,28 @@ class OutputDefense(Defense):
 
     def apply(self, target: TargetModel, ctx: DefenseContext | None = None) -> TargetModel:
         seed = ctx.seed if ctx is not None else 0
-        return DefendedTarget(target, self, seed=seed)
+        return DefendedTarget(target, self, seed=seed, adaptive=bool(ctx is not None and ctx.adaptive))
 
 
 class DefendedTarget(TargetModel):
-    """A target seen through an :class:`OutputDefense`."""
+    """A target seen through an :class:`OutputDefense` (as deployed; ``adaptive``: BPDA gradients too)."""
 
-    def __init__(self, inner: TargetModel, defense: OutputDefense, *, seed: int = 0) -> None:
+    def __init__(self, inner: TargetModel, defense: OutputDefense, *, seed: int = 0, adaptive: bool = False) -> None:
         super().__init__(
             num_classes=inner.num_classes,
             input_shape=inner.input_shape,
-            capabilities=defense.capabilities(inner.capabilities),
+            capabilities=defense.granted(inner.capabilities, adaptive=adaptive),
             budget=inner.budget,
             name=f"{inner.name}+{defense.name}",
             max_topk=inner.max_topk,
         )
-        self.inner = inner
+        self._inner = inner
         self.defense = defense
         self.generator = torch.Generator().manual_seed(int(seed) + 7919)
 
     @property
     def device(self) -> torch.device:
-        return self.inner.device
+        return self._inner.device
 
     def _undefended(self, x: Tensor) -> Tensor:
         """The wrapped target's full confidence vector: from ``probs``, or else from a top-k of every class.
@@ -128,12 +147,12 @@ class DefendedTarget(TargetModel):
         (A target with ``topk`` but not ``probs`` still answers ``topk(x, num_classes)``: that *is* the whole
         vector, so it must go through the transform too. One query per row either way.)
         """
-        if C.PROBS in self.inner.capabilities:
-            return self.inner.probs(x)
-        values, indices = self.inner.topk(x, self.inner.num_classes)
-        full = torch.zeros(values.shape[0], self.inner.num_classes, dtype=values.dtype, device=values.device)
+        if C.PROBS in self._inner.capabilities:
+            return self._inner.probs(x)
+        values, indices = self._inner.topk(x, self._inner.num_classes)
+        full = torch.zeros(values.shape[0], self._inner.num_classes, dtype=values.dtype, device=values.device)
         full = full.scatter(1, indices, values)
-        if values.shape[1] < self.inner.num_classes:  # a capped top-k: what is visible, as a distribution
+        if values.shape[1] < self._inner.num_classes:  # a capped top-k: what is visible, as a distribution
             full = full / full.sum(1, keepdim=True).clamp_min(1e-12)
         return full
 
@@ -141,7 +160,7 @@ class DefendedTarget(TargetModel):
         p = self._undefended(x)
         q = self.defense.transform(p, self.generator).to(p.dtype)
         if self.defense.straight_through and p.requires_grad:
-            q = p + (q - p).detach()
+            q = p + (q - p).detach()  # BPDA: the released value forward, the identity backward
         return q
 
     def _probs(self, x: Tensor) -> Tensor:
@@ -154,9 +173,9 @@ class DefendedTarget(TargetModel):
         return values, indices
 
     def _label(self, x: Tensor) -> Tensor:
-        if C.PROBS in self.inner.capabilities or C.TOPK in self.inner.capabilities:
+        if C.PROBS in self._inner.capabilities or C.TOPK in self._inner.capabilities:
             return self._released(x).argmax(dim=1)
-        return self.inner.label(x)
+        return self._inner.label(x)
 
 
 class TrainingDefense(Defense):

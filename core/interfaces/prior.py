@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
@@ -132,6 +134,10 @@ class Prior(ABC):
     # -------------------------------------------------------------------- end of style space (PPA) ----
 
 
+if TYPE_CHECKING:  # pragma: no cover
+    from invertkit.core.interfaces.target import TargetModel
+
+
 class PriorBuilder(ABC):
     """A prior plugin: how to make the networks of a prior, train them on public images, and wrap them.
 
@@ -156,14 +162,18 @@ class PriorBuilder(ABC):
     #: True if the prior this builder wraps is conditional (lets the bench plan skip attacks that need one)
     conditional: ClassVar[bool] = False
     #: True for inversion-specific priors trained with the target's outputs (KEDMI, PLG-MI): ``train`` then
-    #: receives ``target`` (the trained target network) and the cache key covers the target
+    #: receives ``target``, the attacker's :class:`~invertkit.core.interfaces.access.TargetView` of the target
+    #: *as defended* in the cell; every query it makes is counted in the cell's queries, and the prior is
+    #: cached per (target, defense)
     needs_target: ClassVar[bool] = False
+    #: what such a prior needs of the defended target (checked by the plan like an attack's ``requires``)
+    target_requires: ClassVar[frozenset] = frozenset()
     #: True if the wrapped prior decodes in blocks (``Prior.num_blocks > 0``; IF-GMI needs it)
     layered: ClassVar[bool] = False
 
     @abstractmethod
     def train(self, nets: dict[str, "torch.nn.Module"], public_images: Tensor, *, seed: int, progress=None,  # noqa: ANN001
-              target: "torch.nn.Module | None" = None) -> dict:
+              target: "TargetModel | None" = None) -> dict:
         """Train ``nets`` in place on public images; return a small dict of facts (seconds, losses)."""
 
     @abstractmethod

@@ -135,7 +135,17 @@ class TargetModel(ABC):
         return self._module()
 
     def reset_queries(self) -> None:
+        """Zero the query counter. For whoever deploys the target (the bench, a test harness); an attack never
+        holds the target itself, only its :class:`~invertkit.core.interfaces.access.TargetView`, which has
+        no such method."""
         self.queries = 0
+
+    def charge_derived(self, n: int) -> None:
+        """Charge ``n`` queries that a re-used artifact derived from this target (a cached student, a prior
+        fitted to it) cost when it was made; refused past the budget like any other query."""
+        if int(n) < 0:
+            raise ValueError("charge_derived() takes a non-negative number of queries")
+        self.charge(int(n))
 
     # --------------------------------------------------- for implementations
     def _logits(self, x: Tensor) -> Tensor:
@@ -238,29 +248,29 @@ class Restricted(TargetModel):
             name=name or inner.name,
             max_topk=min(limits) if limits else None,
         )
-        self.inner = inner
+        self._inner = inner
 
     @property
     def device(self) -> torch.device:
-        return self.inner.device
+        return self._inner.device
 
     def _logits(self, x: Tensor) -> Tensor:
-        return self.inner.logits(x)
+        return self._inner.logits(x)
 
     def _probs(self, x: Tensor) -> Tensor:
-        return self.inner.probs(x)
+        return self._inner.probs(x)
 
     def _topk(self, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        return self.inner.topk(x, k)
+        return self._inner.topk(x, k)
 
     def _label(self, x: Tensor) -> Tensor:
-        return self.inner.label(x)
+        return self._inner.label(x)
 
     def _features(self, x: Tensor) -> Tensor:
-        return self.inner.features(x)
+        return self._inner.features(x)
 
     def _module(self) -> nn.Module:
-        return self.inner.module
+        return self._inner.module
 
 
 class TargetBackend(ABC):
@@ -292,3 +302,12 @@ def retarget(target: TargetModel, module: nn.Module) -> TargetModel:
     )
     out.max_topk = target.max_topk
     return out
+
+
+def _register_view() -> None:
+    from invertkit.core.interfaces.access import TargetView
+
+    TargetModel.register(TargetView)  # an attack may type the view it is handed as a TargetModel
+
+
+_register_view()

@@ -9,15 +9,21 @@ models learn the target's (teacher's) soft labels on the public images. Their of
 
 with SGD(lr 0.01, momentum 0.9, weight decay 1e-4), a step schedule (x0.5 every 20 epochs), batch 64,
 20 epochs, temperature T = 1 and no input augmentation (their students are ImageNet-pretrained
-EfficientNet-B0/B1/B2; ours start from scratch: nothing is downloaded). That is variant ``"kl"``.
+EfficientNet-B0/B1/B2; ours start from scratch: nothing is downloaded). That is variant ``"kl"``, the default,
+with no augmentation by default (``augment=True`` adds a random shift of up to ``max_shift`` pixels: not in
+the official recipe).
 
-Variant ``"kl_l2"`` adds ``l2_weight * mean((s - t)**2)``, an L2 penalty on the student-teacher *logit*
-difference: the KL term only matches the softmax (logits up to a per-sample shift), the L2 term makes
-the student reproduce the teacher's logits themselves, which an attack's logit-space losses (LOMMA's
-logit loss, PLG-MI's margin) see.
+Variant ``"kl_l2"`` is **not from the paper or its official code**: it comes from a third-party reproduction
+and adds ``l2_weight * mean((s - t)**2)``, an L2 penalty on the student-teacher *logit* difference: the KL
+term only matches the softmax (logits up to a per-sample shift), the L2 term makes the student reproduce the
+teacher's logits themselves, which an attack's logit-space losses (LOMMA's logit loss, PLG-MI's margin) see.
 
-:func:`distill` trains one student; :func:`augmented_models` trains (or loads from the content-addressed
-cache) the students of a scenario's target for a list of architectures.
+The teacher is the attacker's view of the target (as defended): every public image it labels is a query.
+Without augmentation the teacher's answer for an image never changes, so it is asked once per image (the
+official loop asks it again every epoch: the same numbers, 20 times the queries).
+
+:func:`distill` trains one student; :func:`augmented_models` trains (or loads from the attack's cache, which
+charges the queries again) the students of a target for a list of architectures.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "step_size": 20, "gamma": 0.5, "l2_weight": 1.0, "max_shift": 1,
 }
 
-__all__ = ["DEFAULTS", "DistillReport", "VARIANTS", "augmented_models", "distill", "distill_loss", "logit_gap"]
+__all__ = ["DEFAULTS", "DistillReport", "VARIANTS", "augmented_models", "QueriedTeacher", "distill", "distill_loss", "logit_gap"]
 
 
 @dataclass
@@ -115,7 +121,7 @@ def distill(
     temperature: float = DEFAULTS["temperature"],
     l2_weight: float = DEFAULTS["l2_weight"],
     seed: int = 0,
-    augment: bool = True,
+    augment: bool = False,
     batch_size: int = DEFAULTS["batch_size"],
     momentum: float = DEFAULTS["momentum"],
     weight_decay: float = DEFAULTS["weight_decay"],
@@ -125,8 +131,9 @@ def distill(
 ) -> DistillReport:
     """Train ``student`` in place to imitate ``teacher`` on ``public_images`` (no labels used).
 
-    The teacher is queried in eval mode on the very (augmented) batch the student sees; ``augment`` adds a
-    random shift of up to ``max_shift`` pixels (the official recipe has none). SGD with momentum and a step
+    ``teacher`` is a network or a target (anything callable on a batch that returns logits or
+    log-probabilities). Without ``augment`` it is asked once per image; with it (a random shift of up to
+    ``max_shift`` pixels, which the official recipe does not have) on the very shifted batch the student sees. SGD with momentum and a step
     schedule (``lr * gamma ** (epoch // step_size)``), deterministic for a ``seed`` on the CPU. The student
     is left in eval mode; the teacher's parameters and mode are untouched.
     """
@@ -151,10 +158,15 @@ def distill(
     teacher.requires_grad_(False)
     t_dev = _device(teacher)
     last = [math.nan]
+    # without augmentation the teacher's answer per image is fixed: ask it once (its index rides as the label)
+    fixed = None if augment else _logits(teacher, public_images)
 
-    def loss_fn(model: nn.Module, xb: Tensor, _unused: Tensor, epoch: int) -> Tensor:
-        with torch.no_grad():
-            t = teacher(xb.to(t_dev)).float().to(dev)
+    def loss_fn(model: nn.Module, xb: Tensor, yb: Tensor, epoch: int) -> Tensor:
+        if fixed is not None:
+            t = fixed[yb.long().cpu()].to(dev)
+        else:
+            with torch.no_grad():
+                t = teacher(xb.to(t_dev)).float().to(dev)
         loss = distill_loss(model(xb.to(dev)), t, variant=variant, temperature=temperature, l2_weight=l2_weight)
         last[0] = float(loss.detach())
         return loss
@@ -166,14 +178,19 @@ def distill(
             group["lr"] = lr * gamma ** (epoch // step_size)
 
     try:
-        seconds = fit(student, loss_fn, (public_images, torch.zeros(len(public_images))), epochs=epochs,
+        seconds = fit(student, loss_fn, (public_images, torch.arange(len(public_images))), epochs=epochs,
                       batch_size=batch_size, max_shift=max_shift if augment else 0, seed=seed, optimizer=opt,
                       schedule=False, on_epoch=on_epoch)
     finally:
         for p, flag in zip(teacher.parameters(), flags):
             p.requires_grad_(flag)
         teacher.train(teacher_mode)
-    agreement, gap = logit_gap(student, teacher, public_images)
+    if fixed is not None:  # against the answers already bought: no new queries
+        student.eval()
+        s_logits = _logits(student, public_images)
+        agreement, gap = float((s_logits.argmax(1) == fixed.argmax(1)).float().mean()), float(F.mse_loss(s_logits, fixed))
+    else:
+        agreement, gap = logit_gap(student, teacher, public_images)
     if not math.isfinite(last[0]):
         raise UsageError(f"distillation diverged (loss {last[0]}); lower lr (now {lr})")
     return DistillReport(variant, epochs, seconds, last[0], agreement, gap)
@@ -189,22 +206,25 @@ def _build(plugins, arch: str, num_classes: int, in_shape: tuple[int, int, int],
 
 
 def augmented_models(
-    scenario,  # noqa: ANN001 - invertkit.core.zoo.scenario.Scenario
+    teacher,  # noqa: ANN001 - the attacker's view of the target (a TargetModel)
+    public_images: Tensor,
     plugins,  # noqa: ANN001 - invertkit.core.plugins.Plugins
     archs: list[str] | tuple[str, ...] = ("small-cnn", "small-mlp"),
     variant: str = "kl",
     *,
+    cache=None,  # noqa: ANN001 - AttackContext.cache, or None: train afresh
     arch_options: dict[str, dict[str, Any]] | None = None,
     seed: int = 0,
-    augment: bool = True,
+    augment: bool = False,
     **hyper: Any,
 ) -> list[nn.Module]:
-    """MA's augmented models of ``scenario``'s target: one student per entry of ``archs`` (registry names,
-    or ``timm:<name>``), distilled from the target on the scenario's public images, trained once per content
-    key (teacher, public data, architecture, variant, hyper-parameters, seed) and loaded from the cache
-    after. Student ``i`` is seeded ``seed + i``. ``hyper`` overrides :data:`DEFAULTS` (``epochs``, ``lr``,
-    ``temperature``, ``l2_weight``, ...). Returns the students in eval mode, in the order of ``archs``."""
-    from invertkit.core.zoo.scenario import cached_model, fingerprint
+    """MA's augmented models of ``teacher`` (the target as the attacker sees it, queried through its public
+    API: every image it labels is counted): one student per entry of ``archs`` (registry names, or
+    ``timm:<name>``), distilled on ``public_images``. With ``cache`` (the bench's per-(target, defense) cache
+    of derived artifacts) each is trained once per content key and re-used after, its queries charged again.
+    Student ``i`` is seeded ``seed + i``. ``hyper`` overrides :data:`DEFAULTS`. Returns the students in eval
+    mode, in the order of ``archs``."""
+    from invertkit.core.zoo.scenario import fingerprint
 
     unknown_keys = sorted(set(hyper) - set(DEFAULTS))
     if unknown_keys:
@@ -214,9 +234,9 @@ def augmented_models(
     if not archs:
         raise UsageError("augmented_models() needs at least one architecture")
     cfg = {**DEFAULTS, **hyper}
-    public = scenario.split.public[0]
-    teacher = scenario.target_net
-    data_key = fingerprint(public)
+    net_teacher = QueriedTeacher(teacher)
+    data_key = fingerprint(public_images)
+    shape = tuple(teacher.input_shape)
     out: list[nn.Module] = []
     for i, arch in enumerate(archs):
         opts = dict((arch_options or {}).get(arch, {}))
@@ -224,14 +244,33 @@ def augmented_models(
 
         def build(arch: str = arch, opts: dict[str, Any] = opts, s: int = student_seed) -> nn.Module:
             torch.manual_seed(s)
-            return _build(plugins, arch, scenario.num_classes, scenario.image_shape, opts)
+            return _build(plugins, arch, teacher.num_classes, shape, opts).to(teacher.device)
 
         def train(build=build, s: int = student_seed) -> nn.Module:  # noqa: ANN001
             net = build()
-            distill(teacher, net, public, variant=variant, seed=s, augment=augment, **cfg)
+            distill(net_teacher, net, public_images, variant=variant, seed=s, augment=augment, **cfg)
             return net
 
-        key = {"what": "ma-student", "arch": arch, "arch_options": opts, "teacher": scenario.keys.get("target"),
-               "data": data_key, "variant": variant, "cfg": cfg, "augment": augment, "seed": student_seed}
-        out.append(cached_model(key, train, build, label=f"ma-{variant}-{arch.replace(':', '-')}"))
+        if cache is None:
+            out.append(train().eval())
+            continue
+        key = {"what": "ma-student", "arch": arch, "arch_options": opts, "data": data_key, "variant": variant,
+               "cfg": cfg, "augment": augment, "seed": student_seed}
+        out.append(cache(key, train, build, label=f"ma-{variant}-{arch.replace(':', '-')}"))
     return out
+
+
+class QueriedTeacher(nn.Module):
+    """A target as a distillation teacher: logits (or log-probabilities, the same up to a per-row constant)
+    through its public API, so every image it labels is counted as a query."""
+
+    def __init__(self, target) -> None:  # noqa: ANN001
+        super().__init__()
+        self.target = target
+        self.anchor = nn.Parameter(torch.zeros(0, device=target.device), requires_grad=False)  # device and mode
+
+    def forward(self, x: Tensor) -> Tensor:
+        from invertkit.core.interfaces.capability import Capability
+
+        out = self.target.logits(x) if self.target.has(Capability.LOGITS) else self.target.log_probs(x)
+        return out.detach()

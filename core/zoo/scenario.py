@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from invertkit.core.cache import atomic_write_json, cache_dir, content_key, file_digest, load_checkpoint, load_into, save_module
+from invertkit.core.cache import (
+    atomic_write_json, cache_dir, content_key, file_digest, load_checkpoint, load_into, read_meta, save_module,
+)
 from invertkit.core.catalog import Catalog, ModelRecipe, Preset
-from invertkit.core.errors import CheckpointError
+from invertkit.core.errors import CheckpointError, UsageError
+from invertkit.core.interfaces.access import seal
 from invertkit.core.data import Split, identity_split
 from invertkit.core.interfaces.prior import Prior, PriorBuilder
 from invertkit.core.plugins import Plugins
@@ -50,9 +54,13 @@ class Scenario:
     split: Split
     target_net: nn.Module
     eval_net: nn.Module
-    prior: Prior
+    #: the preset's prior; ``None`` for a prior that learns from the target (KEDMI, PLG-MI): that one is fitted
+    #: per cell to the target *as defended*, through the attacker's view (:func:`prior_for`)
+    prior: Prior | None
     facts: dict[str, Any] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
+    #: the independent judge's classifiers (trained on the private split; never the target)
+    judges: list[nn.Module] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -153,11 +161,20 @@ def architecture_signature(nets: dict[str, nn.Module]) -> str:
 
 
 def trained_prior(plugins: Plugins, preset: Preset, split: Split, scenario: str,
-                  target: nn.Module | None = None, target_key: str = "") -> tuple[Prior, dict[str, Any], str]:
+                  target: Any = None, target_key: str = "") -> tuple[Prior, dict[str, Any], str]:
+    """The preset's prior, trained on the public images once per content key and cached.
+
+    A prior that learns from the target (``needs_target``) is given ``target``, the attacker's view of the
+    target as defended, and ``target_key`` names that (target, defense) pair. The queries its training spent
+    are recorded with it, and charged again to ``target`` whenever the cached prior is re-used, so the cell
+    that uses it pays for it either way."""
     builder_cls = plugins.get("prior", preset.prior.plugin)
     builder: PriorBuilder = builder_cls(preset.prior.options)
     public = split.public[0]
     needs_target = bool(getattr(builder, "needs_target", False))
+    if needs_target and target is None:
+        raise UsageError(f"prior '{preset.prior.plugin}' learns from the target: it is fitted per (target, defense) "
+                         "through the attacker's view (invertkit.core.zoo.scenario.prior_for)")
     torch.manual_seed(preset.prior.seed)
     nets = builder.networks(split.image_shape)
     key = content_key(
@@ -169,18 +186,65 @@ def trained_prior(plugins: Plugins, preset: Preset, split: Split, scenario: str,
     paths = {n: Path(f"{stem}-{n}.safetensors") for n in nets}
     facts_path = Path(f"{stem}.json")
     if facts_path.is_file() and all(p.is_file() for p in paths.values()):
+        facts = json.loads(facts_path.read_text())
         for n, net in nets.items():
             load_into(net, paths[n])
             net.eval()
-        return builder.wrap(nets), json.loads(facts_path.read_text()), key
-    log(f"[{scenario}] training prior '{preset.prior.plugin}' on {len(public)} public images; cached for re-use")
-    facts = builder.train(nets, public, seed=preset.prior.seed, target=target if needs_target else None)
+        if needs_target:
+            target.charge_derived(int(facts.get("queries", 0)))
+        return builder.wrap(nets), facts, key
+    view = seal(target) if needs_target else None
+    q0 = view.queries if view is not None else 0
+    log(f"[{scenario}] training prior '{preset.prior.plugin}' on {len(public)} public images"
+        + (f", from the target '{view.name}' as the attacker sees it" if view is not None else "") + "; cached for re-use")
+    facts = builder.train(nets, public, seed=preset.prior.seed, target=view)
+    if view is not None:
+        facts["queries"] = view.queries - q0
     for n, net in nets.items():
         save_module(paths[n], net, {"prior": preset.prior.plugin, "network": n, "config": builder.config.model_dump(),
                                    "image_shape": list(split.image_shape)})
     atomic_write_json(facts_path, facts)
     log(f"[{scenario}] prior trained ({facts.get('seconds', 0):.1f} s)")
     return builder.wrap(nets), facts, key
+
+
+def prior_needs_target(plugins: Plugins, preset: Preset) -> bool:
+    return bool(getattr(plugins.get("prior", preset.prior.plugin), "needs_target", False))
+
+
+def prior_for(scenario: Scenario, plugins: Plugins, target: Any, defense_key: str) -> tuple[Prior, dict[str, Any]]:
+    """The prior an attacker uses against ``target`` (the target as defended): the scenario's own, or, for a
+    prior that learns from the target, one fitted to ``target`` through its attacker's view, cached per
+    (target, defense) (``defense_key``), its queries charged to ``target`` (see :func:`trained_prior`)."""
+    if scenario.prior is not None:
+        return scenario.prior, scenario.facts.get("prior", {})
+    key = f"{scenario.keys.get('target', '')}/{defense_key}"
+    prior, facts, _ = trained_prior(plugins, scenario.preset, scenario.split, scenario.name, target=target, target_key=key)
+    return prior, facts
+
+
+def derived_cache(scenario: Scenario, target: Any, defense_key: str) -> Callable[..., nn.Module]:
+    """``cache(key, train, build, label=...)`` for what an attack derives from ``target`` (MA's students,
+    surrogates): trained once per (target, defense, key) and re-used; the queries the first training charged
+    to ``target`` are recorded and charged again on every re-use (the cell pays for what it uses)."""
+
+    def cache(key: dict[str, Any], train: Callable[[], nn.Module], build: Callable[[], nn.Module], *,
+              label: str = "derived") -> nn.Module:
+        full = {**key, "target": scenario.keys.get("target"), "defense": defense_key}
+        spent: dict[str, int] = {}
+
+        def counted_train() -> nn.Module:
+            q0 = target.queries
+            net = train()
+            spent["queries"] = target.queries - q0
+            return net
+
+        net = cached_model(full, counted_train, build, label=label, extra_meta=spent)
+        if not spent:  # a cache hit: pay what it cost when it was made
+            target.charge_derived(int(cached_meta(full, label).get("queries", 0)))
+        return net
+
+    return cache
 
 
 _MEMO: dict[str, Scenario] = {}
@@ -205,7 +269,13 @@ def build_scenario(name: str, catalog: Catalog, plugins: Plugins) -> Scenario:
     data_key = fingerprint(*split.private_train, *split.private_test)
     target, t_facts, t_key = trained_classifier(plugins, preset.target, split, data_key, "target", scenario=name)
     evaluator, e_facts, e_key = trained_classifier(plugins, preset.eval, split, data_key, "eval", scenario=name)
-    prior, p_facts, p_key = trained_prior(plugins, preset, split, name, target=target, target_key=t_key)
+    from invertkit.core.zoo.judges import trained_judges
+
+    judges, j_facts, j_keys = trained_judges(plugins, preset, split, data_key, name)
+    if prior_needs_target(plugins, preset):
+        prior, p_facts, p_key = None, {"fitted": "per (target, defense), through the attacker's view"}, "per-cell"
+    else:
+        prior, p_facts, p_key = trained_prior(plugins, preset, split, name)
     sc = Scenario(
         name=name,
         preset=preset,
@@ -213,29 +283,43 @@ def build_scenario(name: str, catalog: Catalog, plugins: Plugins) -> Scenario:
         target_net=target,
         eval_net=evaluator,
         prior=prior,
-        facts={"target": t_facts, "eval": e_facts, "prior": p_facts, "load_seconds": time.perf_counter() - t0},
-        keys={"target": t_key, "eval": e_key, "prior": p_key, "data": data_key},
+        facts={"target": t_facts, "eval": e_facts, "prior": p_facts, "judges": j_facts,
+               "load_seconds": time.perf_counter() - t0},
+        keys={"target": t_key, "eval": e_key, "prior": p_key, "data": data_key,
+              **({"judges": ",".join(j_keys)} if j_keys else {})},
+        judges=judges,
     )
     _MEMO[memo_key] = sc
     return sc
 
 
-def cached_model(key_obj: dict[str, Any], train, build, *, label: str = "model") -> nn.Module:  # noqa: ANN001
-    """The network ``train()`` returns, trained once per content key; later calls load it into ``build()``."""
-    key = content_key({"v": RECIPE_VERSION, **key_obj})
-    path = _models_dir() / f"{label}-{key}.safetensors"
+def _cached_path(key_obj: dict[str, Any], label: str) -> Path:
+    return _models_dir() / f"{label}-{content_key({'v': RECIPE_VERSION, **key_obj})}.safetensors"
+
+
+def cached_model(key_obj: dict[str, Any], train, build, *, label: str = "model",  # noqa: ANN001
+                 extra_meta: dict[str, Any] | None = None) -> nn.Module:
+    """The network ``train()`` returns, trained once per content key; later calls load it into ``build()``.
+    ``extra_meta`` (filled in by ``train`` if it likes) is stored in the file's header beside the key."""
+    path = _cached_path(key_obj, label)
     if path.is_file():
         net = build()
         load_into(net, path)
         return net.eval()
-    log(f"training {label} ({key}); cached for re-use")
+    log(f"training {label} ({path.stem.rsplit('-', 1)[-1]}); cached for re-use")
     t0 = time.perf_counter()
     net = train()
-    save_module(path, net, {"label": label, "key": key_obj, "train_seconds": round(time.perf_counter() - t0, 2)})
+    save_module(path, net, {"label": label, "key": key_obj, "train_seconds": round(time.perf_counter() - t0, 2),
+                            **(extra_meta or {})})
     return net.eval()
 
 
-def defense_context(scenario: Scenario, plugins: Plugins, seed: int = 0):  # noqa: ANN201
+def cached_meta(key_obj: dict[str, Any], label: str) -> dict[str, Any]:
+    """The metadata :func:`cached_model` stored with a cached network."""
+    return read_meta(_cached_path(key_obj, label))
+
+
+def defense_context(scenario: Scenario, plugins: Plugins, seed: int = 0, adaptive: bool = False):  # noqa: ANN201
     """The :class:`~invertkit.core.interfaces.defense.DefenseContext` of a scenario: its data, the target's
     recipe, fresh target networks and a content-addressed cache for defended models."""
     from invertkit.core.interfaces.defense import DefenseContext
@@ -249,7 +333,7 @@ def defense_context(scenario: Scenario, plugins: Plugins, seed: int = 0):  # noq
         full = {**key, "recipe": recipe.model_dump(exclude={"weights"}), "data": scenario.keys.get("data"), "target": scenario.keys.get("target")}
         return cached_model(full, train, build or new_model, label=f"defended-{key.get('defense', 'model')}")
 
-    return DefenseContext(seed=seed, data=scenario.split, recipe=recipe, new_model=new_model, cached=cached,
+    return DefenseContext(seed=seed, adaptive=adaptive, data=scenario.split, recipe=recipe, new_model=new_model, cached=cached,
                           extras={"scenario": scenario, "target_net": scenario.target_net})
 
 

@@ -7,10 +7,14 @@ Not a plugin (no entry point): the attack modules ``gmi_lom``, ``kedmi``, ``kedm
 
 Public data. LOM's ``p_reg`` and MA's augmented models need the attacker's *public* images; an attack takes
 them from ``self.context`` (an :class:`~invertkit.core.interfaces.attack.AttackContext` the bench sets before
-``run``): ``context.public_images`` (required), and, when ``context.scenario``/``context.plugins`` are set and
-the attacked network is the scenario's own target network, MA's students come from the content-addressed cache
-of :func:`invertkit.core.zoo.distill.augmented_models`. ``context.extras["augmented_models"]`` (a list of
-``nn.Module``) overrides the distillation altogether.
+``run``): ``context.public_images`` (required). MA's students are distilled from the target *as the attacker
+sees it* (its view, as defended), every public image it labels counted in the attack's queries; with
+``context.cache`` (the bench's) they are trained once per (target, defense) and re-used, their queries charged
+again. ``context.extras["augmented_models"]`` (a list of ``nn.Module``) overrides the distillation altogether.
+
+Iterations. The official recovery scripts run GMI and KEDMI for 2,400 iterations (``recovery.py`` of the
+KEDMI repository, ``iter_times=2400``; the LOMMA configs ``config/celeba/attacking/*.json`` likewise for every
+variant), so 2,400 is the default of both searches.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ IdentityFn = Callable[[Tensor, Tensor], Tensor]  # (images, labels) -> per-sampl
 class GMISearch(AttackConfig):
     """GMI's latent search (Zhang et al. 2020): Nesterov SGD on z, clipped, loss averaged over 60."""
 
-    iterations: int = Field(1500, ge=1, description="optimisation steps per latent (GMI: 1500)")
+    iterations: int = Field(2400, ge=1, description="optimisation steps per latent (the official recovery "
+                                                     "scripts and LOMMA's configs: 2400)")
     lr: float = Field(0.02, gt=0, description="step size (GMI: 0.02)")
     momentum: float = Field(0.9, ge=0, lt=1, description="Nesterov momentum (GMI: 0.9)")
     lam: float = Field(100.0, ge=0, description="weight of the identity loss (GMI/LOMMA: 100)")
@@ -49,7 +54,7 @@ class GMISearch(AttackConfig):
 class KEDMISearch(AttackConfig):
     """KEDMI's distributional search (Chen et al. 2021): Adam on a Gaussian (mu, log var) per identity."""
 
-    iterations: int = Field(1500, ge=1, description="Adam steps (KEDMI dist_inversion: 1500; LOMMA's config: 2400)")
+    iterations: int = Field(2400, ge=1, description="Adam steps (KEDMI's recovery.py and LOMMA's configs: 2400)")
     lr: float = Field(0.02, gt=0, description="Adam learning rate (KEDMI: 0.02)")
     lam: float = Field(100.0, ge=0, description="weight of the identity loss (KEDMI: 100)")
     prior_weight: float = Field(1.0, ge=0, description="weight of the prior loss -log D(G(z))")
@@ -78,8 +83,12 @@ class MAOptions(AttackConfig):
         None, description="architectures of the augmented models (registry names or timm:<name>); None: "
                           "lomma-efficientnet-b0/b1/b2 (the paper's) for images of 64 px and more, else "
                           "small-cnn + small-mlp")
-    distill_variant: Literal["kl", "kl_l2"] = Field("kl", description="MA distillation loss (paper: kl)")
+    distill_variant: Literal["kl", "kl_l2"] = Field(
+        "kl", description="MA distillation loss: 'kl' (the paper's and the official code's); 'kl_l2' adds an L2 "
+                          "term on the logits, from a third-party reproduction, not from the paper")
     distill_epochs: int = Field(20, ge=1, description="distillation epochs over the public images (MA: 20)")
+    distill_augment: bool = Field(False, description="random 1-pixel shifts of the public images while distilling "
+                                                     "(not in the official recipe, which has no augmentation)")
     distill_seed: int = Field(0, ge=0, description="seed of the first augmented model (model i gets seed + i)")
 
 
@@ -104,20 +113,6 @@ def feature_stats(target: Any, images: Tensor, n: int, batch_size: int = 256) ->
     return feats.mean(0), std
 
 
-class _QueriedTeacher(nn.Module):
-    """The target as a distillation teacher: logits (or log-probabilities) through its public API, so every
-    public image it labels is counted as a query."""
-
-    def __init__(self, target: Any) -> None:
-        super().__init__()
-        self.target = target
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.target.has(C.LOGITS):
-            return self.target.logits(x)
-        return self.target.log_probs(x)
-
-
 def default_archs(image_shape: Sequence[int]) -> list[str]:
     if min(image_shape[-2:]) >= 64:
         return ["lomma-efficientnet-b0", "lomma-efficientnet-b1", "lomma-efficientnet-b2"]
@@ -132,40 +127,17 @@ def augmented(attack: Any, target: Any) -> list[nn.Module]:
     if given is not None:
         models = list(given)
     else:
-        from invertkit.core.zoo.distill import augmented_models, distill
+        from invertkit.core.zoo.distill import augmented_models
 
+        plugins = getattr(ctx, "plugins", None)
+        if plugins is None:
+            from invertkit.core.plugins import get_plugins
+
+            plugins = get_plugins()
         archs = list(cfg.ma_archs) if cfg.ma_archs is not None else default_archs(target.input_shape)
-        scenario, plugins = getattr(ctx, "scenario", None), getattr(ctx, "plugins", None)
-        own = scenario is not None and plugins is not None and target.has(C.WEIGHTS)
-        if own:
-            try:
-                own = target.module is scenario.target_net
-            except CapabilityError:
-                own = False
-        if own:
-            models = augmented_models(scenario, plugins, archs, cfg.distill_variant, seed=cfg.distill_seed,
-                                      epochs=cfg.distill_epochs)
-        else:
-            public = public_images(attack)
-            if plugins is None:
-                from invertkit.core.plugins import get_plugins
-
-                plugins = get_plugins()
-            teacher = _QueriedTeacher(target)
-            models = []
-            for i, arch in enumerate(archs):
-                torch.manual_seed(cfg.distill_seed + i)
-                if arch.startswith("timm:"):
-                    import timm
-
-                    student = timm.create_model(arch[5:], pretrained=False, num_classes=target.num_classes,
-                                                in_chans=target.input_shape[0])
-                else:
-                    student = plugins.get("architecture", arch)(target.num_classes, tuple(target.input_shape))
-                student = student.to(target.device)
-                distill(teacher, student, public, variant=cfg.distill_variant, seed=cfg.distill_seed + i,
-                        epochs=cfg.distill_epochs)
-                models.append(student)
+        models = augmented_models(target, public_images(attack), plugins, archs, cfg.distill_variant,
+                                  cache=getattr(ctx, "cache", None), seed=cfg.distill_seed, epochs=cfg.distill_epochs,
+                                  augment=cfg.distill_augment)
     for m in models:
         m.eval().requires_grad_(False)
     return models

@@ -4,7 +4,7 @@ White-box, GAN prior. For each identity y and random start z ~ N(0, I), minimise
 
     L(z) = -D(G(z)) + lambda * CE(T(G(z)), y)            (lambda = 100)
 
-with momentum SGD (Nesterov form, lr 0.02, momentum 0.9) for 1,500 iterations, clipping z to
+with momentum SGD (Nesterov form, lr 0.02, momentum 0.9) for 2,400 iterations (the official recovery scripts; the GMI paper says 1,500), clipping z to
 [-1, 1] after every step; 5 random restarts per identity. GMI averages the loss over a batch of 60
 identities, so each latent moves by lr/60 times its own gradient: ``loss_batch`` keeps that scaling
 whatever number of latents invertkit runs together (all identities x restarts in one batch).

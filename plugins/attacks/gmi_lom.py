@@ -1,7 +1,7 @@
 """GMI + LOM: GMI's latent search with the logit-maximisation identity loss of Nguyen et al.,
 "Re-thinking Model Inversion Attacks Against Deep Neural Networks" (CVPR 2023), https://arxiv.org/abs/2304.01669.
 
-White-box. GMI's loop (``-D(G(z)) + lambda * L_id``, Nesterov SGD lr 0.02, momentum 0.9, 1,500 iterations,
+White-box. GMI's loop (``-D(G(z)) + lambda * L_id``, Nesterov SGD lr 0.02, momentum 0.9, 2,400 iterations as the official recovery scripts,
 z clipped to [-1, 1], lambda 100) with the identity loss
 
     L_id(x) = -logit_y(T(x)) + lambda_reg * mean_d (phi(x) - p_reg)_d ** 2          (lambda_reg = 1)

@@ -7,7 +7,7 @@ from it on public data, plus the feature regulariser on the *target's* features 
 
     L_id(x) = 1/(K+1) * sum_M -logit_y(M(x)) + lambda_reg * mean_d (phi_T(x) - p_reg)_d ** 2     (lambda_reg = 1)
 
-inside GMI's loop (``-D(G(z)) + 100 * L_id``, Nesterov SGD lr 0.02, 1,500 iterations, clipped z). Needs
+inside GMI's loop (``-D(G(z)) + 100 * L_id``, Nesterov SGD lr 0.02, 2,400 iterations as LOMMA's configs, clipped z). Needs
 ``self.context.public_images``.
 """
 

@@ -8,7 +8,7 @@ learns per identity ``y`` a Gaussian ``N(mu_y, diag exp(log_var_y))`` over the p
 
     L(mu, log_var) = -log D(G(z)) + lambda * CE(T(G(z)), y)          (lambda = 100)
 
-with Adam (lr 0.02) for 1,500 iterations (official ``dist_inversion``; LOMMA's configs run 2,400), one sample
+with Adam (lr 0.02) for 2,400 iterations (the official ``recovery.py``, ``iter_times=2400``, and LOMMA's configs), one sample
 per identity per step, the loss averaged over a batch of 60 identities. The reconstructions are samples of
 the learned distributions (one per row of ``labels``). With a prior without a discriminator (an
 autoencoder) only the identity term is left.

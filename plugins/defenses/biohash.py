@@ -92,7 +92,7 @@ class BioHashedTarget(Restricted):
         return self._projection.clone()
 
     def _features(self, x: Tensor) -> Tensor:
-        f = self.inner.features(x)
+        f = self._inner.features(x)
         f = f.reshape(len(f), -1)
         return biohash(f, self._matrix(f.shape[1]), self.defense.config.binarize)
 

@@ -137,22 +137,22 @@ class StreamState:
 class MonitoredTarget(TargetModel):
     """A target whose query stream is watched by a :class:`QueryMonitor`."""
 
-    def __init__(self, inner: TargetModel, defense: "QueryMonitor") -> None:
+    def __init__(self, inner: TargetModel, defense: "QueryMonitor", *, adaptive: bool = False) -> None:
         super().__init__(
             num_classes=inner.num_classes,
             input_shape=inner.input_shape,
-            capabilities=defense.capabilities(inner.capabilities),
+            capabilities=defense.granted(inner.capabilities, adaptive=adaptive),
             budget=inner.budget,
             name=f"{inner.name}+{defense.name}",
             max_topk=inner.max_topk,
         )
-        self.inner = inner
+        self._inner = inner
         self.defense = defense
         self.state = StreamState(defense.config)
 
     @property
     def device(self) -> torch.device:
-        return self.inner.device
+        return self._inner.device
 
     @property
     def flagged(self) -> bool:
@@ -160,10 +160,10 @@ class MonitoredTarget(TargetModel):
 
     def _full(self, x: Tensor) -> Tensor | None:
         """The wrapped target's confidence vector (from probs, or a full top-k), or None under label-only."""
-        if C.PROBS in self.inner.capabilities:
-            return self.inner.probs(x)
-        if C.TOPK in self.inner.capabilities:
-            values, indices = self.inner.topk(x, self.inner.num_classes)
+        if C.PROBS in self._inner.capabilities:
+            return self._inner.probs(x)
+        if C.TOPK in self._inner.capabilities:
+            values, indices = self._inner.topk(x, self._inner.num_classes)
             full = torch.zeros(values.shape[0], self.num_classes, dtype=values.dtype, device=values.device)
             full = full.scatter(1, indices, values)
             if values.shape[1] < self.num_classes:
@@ -182,7 +182,7 @@ class MonitoredTarget(TargetModel):
         if self.flagged and self.defense.config.action == "refuse":
             self._refuse()
         p = self._full(x)
-        y = p.detach().argmax(dim=1) if p is not None else self.inner.label(x)
+        y = p.detach().argmax(dim=1) if p is not None else self._inner.label(x)
         self.state.observe(x, p.detach() if p is not None else None, y)
         if self.flagged and self.defense.config.action == "refuse":
             self._refuse()
@@ -254,6 +254,8 @@ class QueryMonitor(Defense):
         super().__init__(config)
         self.streams: list[MonitoredTarget] = []
 
+    filters_api: ClassVar[bool] = True
+
     def capabilities(self, given: Capabilities) -> Capabilities:
         left = frozenset(given) - _BYPASSING
         if C.PROBS not in given and C.TOPK not in given:
@@ -261,7 +263,7 @@ class QueryMonitor(Defense):
         return left
 
     def apply(self, target: TargetModel, ctx: DefenseContext | None = None) -> TargetModel:
-        monitored = MonitoredTarget(target, self)
+        monitored = MonitoredTarget(target, self, adaptive=bool(ctx is not None and ctx.adaptive))
         self.streams.append(monitored)
         return monitored
 

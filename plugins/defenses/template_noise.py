@@ -40,7 +40,7 @@ class NoisyTemplateTarget(Restricted):
         self.generator = torch.Generator().manual_seed(int(seed) + 6007)
 
     def _features(self, x: Tensor) -> Tensor:
-        f = self.inner.features(x)
+        f = self._inner.features(x)
         cfg = self.defense.config
         noise = torch.randn(tuple(f.shape), generator=self.generator, dtype=torch.float64)
         noise = noise.to(device=f.device, dtype=f.dtype) * float(cfg.sigma)

@@ -30,8 +30,11 @@ leaves it free to emit one blob.
 ``-mean(realism)``. With minibatch discrimination on, a sample's score depends on the other samples in the
 batch it is scored with (as in KEDMI, whose attack scores its 60 identities together).
 
-The target is queried in eval mode once per public image (the official script leaves the target in training
-mode, a BatchNorm slip that we do not reproduce).
+The target is queried once per public image, through the attacker's view of the target *as defended* in the
+cell (``log_probs``: the soft labels are ``softmax`` of them, the same as of the logits), so the queries are the
+cell's and a defense that degrades the scores degrades the prior too (the official script reads the raw
+network, and leaves it in training mode, a BatchNorm slip that we do not reproduce). It needs ``probs`` of the
+defended target (``target_requires``); the bench skips its attacks, with the reason, where they are withheld.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from torch import Tensor, nn
 
 from invertkit.core.errors import ConfigError, ShapeError
 from invertkit.core.hookspecs import hookimpl
+from invertkit.core.interfaces.capability import Capability
 from invertkit.core.interfaces.config import ComponentConfig
 from invertkit.core.interfaces.prior import Prior, PriorBuilder
 from invertkit.plugins.priors.wgan_gp import Generator, LayeredDecoding, conv_trunk
@@ -175,6 +179,7 @@ class KEDMIGANBuilder(PriorBuilder):
     summary = "KEDMI's inversion-specific GAN: K+1 semi-supervised discriminator on the target's soft labels, feature matching."
     paper = "https://arxiv.org/abs/2010.04092"
     needs_target = True
+    target_requires = frozenset({Capability.PROBS})
 
     class Config(ComponentConfig):
         num_classes: int | None = Field(None, ge=2, description="K, the target's number of classes (the discriminator's class logits); required")
@@ -204,7 +209,7 @@ class KEDMIGANBuilder(PriorBuilder):
         }
 
     def train(self, nets: dict[str, nn.Module], public_images: Tensor, *, seed: int, progress=None,  # noqa: ANN001
-              target: nn.Module | None = None) -> dict:
+              target=None) -> dict:  # noqa: ANN001 - a TargetModel (the attacker's view)
         cfg = self.config
         if target is None:
             raise ConfigError("prior 'kedmi-gan' is trained with the target's soft labels: train() needs target=")
@@ -213,7 +218,7 @@ class KEDMIGANBuilder(PriorBuilder):
         n = len(x_all)
         if n < 2:
             raise ShapeError(f"prior 'kedmi-gan' needs at least 2 public images, got {n}")
-        soft = target_logits(target, x_all)
+        soft = target_log_probs(target, x_all)
         if soft.shape[1] != self._classes():
             raise ConfigError(f"prior 'kedmi-gan': num_classes is {self._classes()} but the target has {soft.shape[1]} outputs")
         g = torch.Generator().manual_seed(seed)
@@ -274,16 +279,12 @@ class KEDMIGANBuilder(PriorBuilder):
         return KEDMIPrior(nets["generator"], nets["discriminator"], self.config.latent_dim)  # type: ignore[arg-type]
 
 
-@torch.no_grad()
-def target_logits(target: nn.Module, images: Tensor, batch_size: int = 512) -> Tensor:
-    """The target's logits on ``images`` (eval mode, restored afterwards), on the CPU."""
-    was_training = target.training
-    target.eval()
-    try:
-        dev = next(target.parameters()).device
-        out = [target(images[i : i + batch_size].to(dev)).float().cpu() for i in range(0, len(images), batch_size)]
-    finally:
-        target.train(was_training)
+def target_log_probs(target, images: Tensor, batch_size: int = 512) -> Tensor:  # noqa: ANN001
+    """The target's log-confidences on ``images`` (one query each, through its public API), detached, on
+    the CPU: soft labels ``softmax`` of them, or logits up to a per-row constant."""
+    with torch.no_grad():
+        out = [target.log_probs(images[i : i + batch_size].to(target.device)).detach().float().cpu()
+               for i in range(0, len(images), batch_size)]
     return torch.cat(out)
 
 

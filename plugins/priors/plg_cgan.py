@@ -19,6 +19,11 @@ The networks are invertkit's DCGAN sized to the image (``wgan_gp.Generator`` wit
 the ``wgan_gp.conv_trunk`` body with spectral norm for the discriminator) instead of PLG-MI's 64x64 ResNets.
 Images are in ``[0, 1]`` (sigmoid output).
 
+The target is the attacker's view of the target *as defended* in the cell: pseudo-labels come from its
+released scores and ``L_inv`` is computed on its log-confidences (the margin ``-l_y + max_{j != y} l_j`` and
+the cross-entropy are the same on log-softmax as on logits: the per-row constant cancels), with gradients
+through it, so it needs ``probs`` and ``grad`` (``target_requires``) and every query is the cell's.
+
 The prior is *conditional*: ``decode(z, labels)`` with labels = target classes. PLG-MI's attack does not use
 the discriminator, so ``has_discriminator`` is False; :meth:`PLGPrior.conditional_realism` exposes
 ``D(x, y)`` for whoever wants it.
@@ -38,9 +43,10 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from invertkit.core.errors import ConfigError, ShapeError, UsageError
 from invertkit.core.hookspecs import hookimpl
+from invertkit.core.interfaces.capability import Capability
 from invertkit.core.interfaces.config import ComponentConfig
 from invertkit.core.interfaces.prior import Prior, PriorBuilder
-from invertkit.plugins.priors.kedmi_gan import target_logits
+from invertkit.plugins.priors.kedmi_gan import target_log_probs
 from invertkit.plugins.priors.wgan_gp import Generator, LayeredDecoding, conv_trunk
 
 
@@ -58,9 +64,10 @@ def top_n_selection(probs: Tensor, n: int) -> tuple[Tensor, Tensor]:
     return idx.reshape(-1), labels
 
 
-def pseudo_label(target: nn.Module, images: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``(images, pseudo_labels, confidences)`` of the top-``n`` public images per target class."""
-    probs = F.softmax(target_logits(target, images), dim=1)
+def pseudo_label(target, images: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:  # noqa: ANN001
+    """``(images, pseudo_labels, confidences)`` of the top-``n`` public images per target class (``target``: a
+    TargetModel, queried once per image)."""
+    probs = F.softmax(target_log_probs(target, images), dim=1)
     idx, labels = top_n_selection(probs, n)
     return images[idx], labels, probs[idx, labels]
 
@@ -201,6 +208,7 @@ class PLGCGANBuilder(PriorBuilder):
     summary = "PLG-MI's cGAN: top-n pseudo-labelled public images, conditional BN generator, projection discriminator, hinge."
     paper = "https://arxiv.org/abs/2302.09814"
     needs_target = True
+    target_requires = frozenset({Capability.PROBS, Capability.GRAD})
     conditional = True
 
     class Config(ComponentConfig):
@@ -234,7 +242,7 @@ class PLGCGANBuilder(PriorBuilder):
         }
 
     def train(self, nets: dict[str, nn.Module], public_images: Tensor, *, seed: int, progress=None,  # noqa: ANN001
-              target: nn.Module | None = None) -> dict:
+              target=None) -> dict:  # noqa: ANN001 - a TargetModel (the attacker's view)
         cfg, k = self.config, self._classes()
         if target is None:
             raise ConfigError("prior 'plg-cgan' is trained on the target's pseudo-labels: train() needs target=")
@@ -248,54 +256,46 @@ class PLGCGANBuilder(PriorBuilder):
         opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         n, bs = len(x_pub), cfg.batch_size
         perm, pos = torch.randperm(n, generator=g), 0
-        t_flags = [p.requires_grad for p in target.parameters()]
-        target_mode = target.training
-        target.eval().requires_grad_(False)
         G.train()
         D.train()
         t0 = time.perf_counter()
         loss_g = loss_d = loss_inv = hit = float("nan")
-        try:
-            for it in range(cfg.steps):
-                # ---- generator: hinge + alpha * L_inv on augmented fakes
-                D.requires_grad_(False)
-                z = torch.randn(bs, cfg.latent_dim, generator=g)
-                yf = torch.randint(0, k, (bs,), generator=g)
-                fake = G(z, yf)
-                seen = random_augment(fake, g, flip=cfg.flip) if cfg.augment else fake
-                logits = target(seen)
-                inv = max_margin_loss(logits, yf) if cfg.inv_loss == "margin" else F.cross_entropy(logits, yf)
-                lg = -D(fake, yf).mean() + cfg.alpha * inv
-                opt_g.zero_grad(set_to_none=True)
-                lg.backward()
-                opt_g.step()
-                D.requires_grad_(True)
-                loss_g, loss_inv = float(lg.detach()), float(inv.detach())
-                hit = float((logits.argmax(1) == yf).float().mean())
-                # ---- discriminator: n_dis hinge steps
-                for _ in range(cfg.n_dis):
-                    if pos + bs > n:
-                        perm, pos = torch.randperm(n, generator=g), 0
-                    idx = perm[pos : pos + bs]
-                    pos += bs
-                    real, yr = x_pub[idx], y_pub[idx]
-                    if cfg.dequantize:
-                        real = real + torch.rand(real.shape, generator=g) / 256.0
-                    z = torch.randn(len(idx), cfg.latent_dim, generator=g)
-                    yf = torch.randint(0, k, (len(idx),), generator=g)
-                    with torch.no_grad():
-                        fake = G(z, yf)
-                    ld = hinge_discriminator_loss(D(real, yr), D(fake, yf))
-                    opt_d.zero_grad(set_to_none=True)
-                    ld.backward()
-                    opt_d.step()
-                    loss_d = float(ld.detach())
-                if progress is not None and (it + 1) % 50 == 0:
-                    progress(it + 1, cfg.steps, loss_g)
-        finally:
-            for p, flag in zip(target.parameters(), t_flags):
-                p.requires_grad_(flag)
-            target.train(target_mode)
+        for it in range(cfg.steps):
+            # ---- generator: hinge + alpha * L_inv on augmented fakes
+            D.requires_grad_(False)
+            z = torch.randn(bs, cfg.latent_dim, generator=g)
+            yf = torch.randint(0, k, (bs,), generator=g)
+            fake = G(z, yf)
+            seen = random_augment(fake, g, flip=cfg.flip) if cfg.augment else fake
+            logits = target.log_probs(seen.to(target.device)).to(seen.device)
+            inv = max_margin_loss(logits, yf) if cfg.inv_loss == "margin" else F.cross_entropy(logits, yf)
+            lg = -D(fake, yf).mean() + cfg.alpha * inv
+            opt_g.zero_grad(set_to_none=True)
+            lg.backward()
+            opt_g.step()
+            D.requires_grad_(True)
+            loss_g, loss_inv = float(lg.detach()), float(inv.detach())
+            hit = float((logits.argmax(1) == yf).float().mean())
+            # ---- discriminator: n_dis hinge steps
+            for _ in range(cfg.n_dis):
+                if pos + bs > n:
+                    perm, pos = torch.randperm(n, generator=g), 0
+                idx = perm[pos : pos + bs]
+                pos += bs
+                real, yr = x_pub[idx], y_pub[idx]
+                if cfg.dequantize:
+                    real = real + torch.rand(real.shape, generator=g) / 256.0
+                z = torch.randn(len(idx), cfg.latent_dim, generator=g)
+                yf = torch.randint(0, k, (len(idx),), generator=g)
+                with torch.no_grad():
+                    fake = G(z, yf)
+                ld = hinge_discriminator_loss(D(real, yr), D(fake, yf))
+                opt_d.zero_grad(set_to_none=True)
+                ld.backward()
+                opt_d.step()
+                loss_d = float(ld.detach())
+            if progress is not None and (it + 1) % 50 == 0:
+                progress(it + 1, cfg.steps, loss_g)
         G.eval()
         D.eval()
         return {"seconds": time.perf_counter() - t0, "steps": cfg.steps, "pseudo_labelled": n,

@@ -3,7 +3,9 @@
     released = softmax(log p / T)
 
 ``T > 1`` flattens the confidence vector (``T < 1`` sharpens it); the order of the classes, and so the
-label and every top-k, is unchanged. It is an output defense with exact gradients through the transform.
+label and every top-k, is unchanged. It is an output defense: as deployed it filters what an API returns, so
+it releases no gradient (white-box attacks are skipped under it); an adaptive attacker (``--adaptive``) gets
+exact gradients through the transform.
 Note what it does *not* do: the transform loses no information (``p`` is ``q ** T`` renormalised, so an
 attacker who knows ``T`` undoes it exactly). It changes what a naive attacker optimises or ranks by (the
 released ``p_y`` of different images compare differently once each is renormalised), so it mostly shows how
@@ -29,7 +31,7 @@ class Temperature(OutputDefense):
     """Rescale the log-confidences by ``1 / temperature`` and renormalise."""
 
     name: ClassVar[str] = "temperature"
-    summary: ClassVar[str] = "Release softmax(log p / T): flatter confidences, the same label and top-k; exact gradients."
+    summary: ClassVar[str] = "Release softmax(log p / T): flatter confidences, the same label and top-k; exact gradients when adaptive."
     straight_through: ClassVar[bool] = False
     gradient: ClassVar[str] = "exact"
 
