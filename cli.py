@@ -114,12 +114,38 @@ def _catalog(path: str | None):
     return load_catalog(path)
 
 
+def _checked_catalog(path: str | None, plugins):  # noqa: ANN001, ANN202
+    """The registry, checked as ``validate`` checks it: before any work, not after training for it."""
+    from invertkit.core.catalog import check_catalog
+
+    catalog = _catalog(path)
+    check_catalog(catalog, plugins, path or "registry.toml (bundled)")
+    return catalog
+
+
 def _check_out(out: str | None) -> None:
-    """Refuse an ``--out`` that can never be written, before any work is done."""
+    """Refuse an ``--out`` that can never be written, before any work is done: a file, a path under a file,
+    a folder (or the nearest existing folder above a new one) that cannot be written. Nothing is left behind."""
+    import os
+    import tempfile
+
     from invertkit.core.errors import UsageError
 
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
+    if out is None:
+        return
+    path = Path(out)
+    if path.exists() and not path.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
+    nearest = path.absolute()
+    while not os.path.lexists(nearest) and nearest != nearest.parent:
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        raise UsageError(f"--out {out} is under {nearest}, which is a file, not a folder")
+    try:  # the only sure test (read-only filesystems, permissions, ACLs): write a file there, and remove it
+        with tempfile.TemporaryFile(dir=nearest):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--out {out} cannot be written: {exc.strerror or exc} ({nearest})") from None
 
 
 def _kind(kind: str) -> str:
@@ -241,40 +267,12 @@ def plugins_cmd() -> None:
 @click.argument("file", required=False, type=click.Path())
 def validate_cmd(file: str | None) -> None:
     """Validate registry.toml (or FILE): schema, and every name it uses against the registered plugins."""
-    from invertkit.core.catalog import load_catalog
-    from invertkit.core.errors import ConfigError, RegistryFileError, UnknownNameError
-    from invertkit.core.interfaces.config import build_config
+    from invertkit.core.catalog import check_catalog, load_catalog
 
     catalog = load_catalog(file)
     plugins = _plugins()
     where = file or "registry.toml (bundled)"
-    try:
-        for name, preset in catalog.presets.items():
-            plugins.registry["dataset"][preset.dataset]
-            plugins.registry["architecture"][preset.target.arch]
-            plugins.registry["architecture"][preset.eval.arch]
-            plugins.get("prior", preset.prior.plugin)(preset.prior.options)  # validates the options
-        for name, t in catalog.targets.items():
-            plugins.registry["backend"][t.backend]
-            if t.arch and not t.arch.startswith("timm:"):
-                plugins.registry["architecture"][t.arch]
-        for name, b in catalog.bench.items():
-            for a in b.attacks:
-                plugins.registry["attack"].resolve(a)
-            for d in b.defenses:
-                plugins.registry["defense"].resolve(d)
-            for m in b.metrics:
-                plugins.registry["metric"][m]
-            for a, opts in b.attack_options.items():
-                build_config(plugins.get("attack", a).Config, opts, what=f"bench '{name}' attack '{a}'")
-            for d, opts in b.defense_options.items():
-                plugins.get("defense", d)(opts)
-        for kind, entries in catalog.catalogue.items():
-            for n in entries:
-                if n not in plugins.registry[kind]:
-                    raise UnknownNameError(f"catalogue lists {kind} '{n}', which no plugin registers")
-    except (UnknownNameError, ConfigError) as exc:
-        raise RegistryFileError(f"{where}: {exc}") from None
+    check_catalog(catalog, plugins, where)
     n = sum(len(v) for v in catalog.catalogue.values())
     click.echo(f"{where}: ok ({len(catalog.presets)} presets, {len(catalog.targets)} targets, "
                f"{len(catalog.bench)} bench matrices, {n} catalogue entries)")
@@ -316,7 +314,7 @@ def run_cmd(attack: str, target: str, defense: str, options: tuple[str, ...], sa
 
     _check_out(out)
     plugins = _plugins()
-    catalog = _catalog(registry_path)
+    catalog = _checked_catalog(registry_path, plugins)
     a_cls = plugins.get("attack", attack)
     d_cls = plugins.get("defense", defense)
     tspec = catalog.target(target)
@@ -354,7 +352,6 @@ def run_cmd(attack: str, target: str, defense: str, options: tuple[str, ...], sa
 
 def _print_matrix(records: list[dict[str, Any]]) -> None:
     from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
 
     from invertkit.core.bench.report import cell_text, fmt, matrix
@@ -362,23 +359,25 @@ def _print_matrix(records: list[dict[str, Any]]) -> None:
     attacks, defenses, cell = matrix(records)
     judged = any("judge_acc" in r.get("metrics", {}) for r in records)
     adaptive = any(r.get("mode") == "adaptive" for r in records)
-    console = Console(stderr=False, width=160)
+    # names, reasons and titles are the user's (a target may be called '[/oops]'): printed as they are, never
+    # read as rich markup
+    console = Console(stderr=False, width=160, markup=False)
 
     def text(r: dict[str, Any] | None) -> str:
         main = cell_text(r, "acc@1")
         if judged and r is not None and r["status"] == "ok" and "judge_acc" in r["metrics"]:
             main += f" ({fmt(r['metrics']['judge_acc'])})"
-        return escape(main)
+        return main
 
     for t in dict.fromkeys(r["target"] for r in records):
         title = (f"attack acc@1 on '{t}' (evaluation model{'; the judge in brackets' if judged else ''})"
                  f"{'  |  ADAPTIVE attackers' if adaptive else ''}  |  last row: defended natural accuracy")
-        table = Table(title=escape(title))
+        table = Table(title=title)
         table.add_column("attack \\ defense")
         for d in defenses:
-            table.add_column(escape(d), justify="right")
+            table.add_column(d, justify="right")
         for a in attacks:
-            table.add_row(escape(a), *[text(cell.get((t, a, d))) for d in defenses])
+            table.add_row(a, *[text(cell.get((t, a, d))) for d in defenses])
         nat = []
         for d in defenses:
             vals = [r["metrics"].get("natural_acc") for r in records if r["target"] == t and r["defense"] == d and r["status"] == "ok"]
@@ -388,7 +387,7 @@ def _print_matrix(records: list[dict[str, Any]]) -> None:
     reasons = dict.fromkeys(r["reason"] for r in records if r["status"] == "skipped")
     for reason in reasons:
         who = sorted({f"{r['attack']} x {r['defense']}" for r in records if r["status"] == "skipped" and r["reason"] == reason})
-        console.print(escape(f"skipped ({', '.join(who)}): {reason}"), soft_wrap=True)
+        console.print(f"skipped ({', '.join(who)}): {reason}", soft_wrap=True)
 
 
 @cli.command("bench")
@@ -408,9 +407,12 @@ def _print_matrix(records: list[dict[str, Any]]) -> None:
 def bench_cmd(matrix_name: str, attacks: str | None, defenses: str | None, targets: str | None,
               options: tuple[str, ...], out: str, fresh: bool, executor: str, adaptive: bool,
               registry_path: str | None) -> None:
-    """Run an attacks x defenses x targets matrix; print it and write results.{jsonl,csv,md} + report.html."""
+    """Run an attacks x defenses x targets matrix; print it and write results.{jsonl,csv,md} + report.html.
+
+    results.jsonl grows as cells finish; after an interruption, the same command again runs only what is
+    missing (finished cells come from the cache)."""
     from invertkit.core.bench.plan import make_plan
-    from invertkit.core.bench.report import write_report
+    from invertkit.core.bench.report import ResultsStream, write_report
     from invertkit.core.bench.runner import RayExecutor, run_bench
     from invertkit.core.errors import InvertkitError, UsageError
     from invertkit.core.registry import unknown
@@ -418,7 +420,7 @@ def bench_cmd(matrix_name: str, attacks: str | None, defenses: str | None, targe
     t0 = time.perf_counter()
     _check_out(out)
     plugins = _plugins()
-    catalog = _catalog(registry_path)
+    catalog = _checked_catalog(registry_path, plugins)
     overrides: dict[str, dict[str, Any]] = {}
     for comp, values in _split_options(options).items():
         if not comp:
@@ -434,7 +436,10 @@ def bench_cmd(matrix_name: str, attacks: str | None, defenses: str | None, targe
     click.echo(f"bench '{matrix_name}'{' (ADAPTIVE attackers)' if adaptive else ''}: {len(plan.cells)} cells ({len(plan.runnable)} to run, {len(plan.skipped)} skipped "
                f"for missing capabilities or prior)", err=True)
 
+    stream = ResultsStream(out)  # each finished cell lands in results.jsonl at once: a killed bench keeps it
+
     def progress(i: int, n: int, rec: dict[str, Any]) -> None:
+        stream.append(rec)
         m = rec.get("metrics", {})
         tail = f"acc@1={m['acc@1']:.3f}" if "acc@1" in m else rec.get("reason", "")
         cached = " (cached)" if rec.get("cached") else ""

@@ -1,8 +1,10 @@
 """Content-addressed local cache with atomic writes, and self-describing safetensors checkpoints.
 
 Location: ``$INVERTKIT_CACHE``, else ``$XDG_CACHE_HOME/invertkit``, else ``~/.cache/invertkit``.
-A file is written to a temporary name in the same folder and renamed into place, so a reader sees
-either nothing or the whole file, and an interrupted run never leaves a half-written entry.
+A file is written to a temporary name (unique to the writer) in the same folder and renamed into place,
+so a reader sees either nothing or the whole file, and an interrupted run never leaves a half-written
+entry; it gets the mode an ordinary ``open()`` would (``0o666`` less the umask). :func:`entry_lock` is an
+inter-process lock on one entry, so two runs sharing a cache make (train) it once.
 """
 
 from __future__ import annotations
@@ -10,7 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,20 +60,38 @@ def content_key(obj: Any, length: int = 20) -> str:
     return hashlib.sha256(canonical(obj).encode()).hexdigest()[:length]
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file: ``0o666`` less the process's umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path, unique to this writer, in ``path``'s folder; renamed onto ``path`` when the block
+    ends without an error, removed otherwise. Its mode honours the umask (``mkstemp`` alone gives 0600)."""
     path = Path(path)
+    # the temporary file must live in the destination folder: a rename is only atomic (or even possible,
+    # across filesystems) within one filesystem
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield Path(tmp)
+        os.chmod(tmp, file_mode())  # after the writer: some (safetensors) create the file anew
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -79,22 +102,39 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
 
 
+def record_checksum(record: dict[str, Any], *blobs: bytes) -> str:
+    """SHA-256 (hex) of ``record``'s canonical JSON without its ``checksum`` field, then ``blobs`` (the bytes of
+    the files stored with it): what a cached entry is checked against when it is read back."""
+    h = hashlib.sha256(canonical({k: v for k, v in record.items() if k != "checksum"}).encode())
+    for blob in blobs:
+        h.update(blob)
+    return h.hexdigest()
+
+
+@contextmanager
+def entry_lock(path: str | Path, what: str = "") -> Iterator[None]:
+    """An exclusive lock, across processes, on the cache entry ``path`` (the file ``<path>.lock``): hold it
+    around "make the entry unless it exists" so that two runs sharing a cache make it once, the second
+    waiting for the first and then reading what it made."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(f"{path}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"waiting for another process making {what or Path(path).name}", file=sys.stderr, flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def save_module(path: str | Path, module: nn.Module, meta: dict[str, Any]) -> None:
     """Save ``module``'s state as safetensors with ``meta`` (architecture, shapes, config) in its header."""
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    path = Path(path)
-    # the temporary file must live in the destination folder: a rename is only atomic (or even possible,
-    # across filesystems) within one filesystem
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={META_KEY: json.dumps(meta, sort_keys=True)})
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:

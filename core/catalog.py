@@ -1,7 +1,8 @@
 """``registry.toml``: the data-only catalogue of named components, presets, targets and bench matrices.
 
 Entry points say which *code* exists; this file says which named, parametrised instances to run and how
-they pair. It is validated by the pydantic models below and never imports plugin code.
+they pair. It is validated by the pydantic models below and never imports plugin code; :func:`check_catalog`
+checks the names it uses against the plugins it is handed.
 """
 
 from __future__ import annotations
@@ -218,7 +219,49 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
     p = Path(path)
     if not p.is_file():
         raise RegistryFileError(f"registry file not found: {p}")
-    return parse_catalog(p.read_text(), source=str(p))
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RegistryFileError(f"{p}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                                "save the file as UTF-8") from None
+    return parse_catalog(text, source=str(p))
+
+
+def check_catalog(catalog: Catalog, plugins: Any, where: str) -> None:
+    """Check every name ``catalog`` uses against the registered ``plugins`` (datasets, architectures, priors
+    and their options, backends, a bench's attacks, defenses, metrics and options, the catalogue's entries):
+    what ``invertkit validate`` reports, and what ``bench`` and ``run`` check before any work. A problem is
+    one :class:`RegistryFileError` naming ``where`` (the file)."""
+    from invertkit.core.errors import ConfigError
+    from invertkit.core.interfaces.config import build_config
+
+    try:
+        for preset in catalog.presets.values():
+            plugins.registry["dataset"][preset.dataset]
+            for recipe in (preset.target, preset.eval, *preset.judges):
+                plugins.registry["architecture"][recipe.arch]
+            plugins.get("prior", preset.prior.plugin)(preset.prior.options)  # validates the options
+        for t in catalog.targets.values():
+            plugins.registry["backend"][t.backend]
+            if t.arch and not t.arch.startswith("timm:"):
+                plugins.registry["architecture"][t.arch]
+        for name, b in catalog.bench.items():
+            for a in b.attacks:
+                plugins.registry["attack"].resolve(a)
+            for d in b.defenses:
+                plugins.registry["defense"].resolve(d)
+            for m in b.metrics:
+                plugins.registry["metric"][m]
+            for a, opts in b.attack_options.items():
+                build_config(plugins.get("attack", a).Config, opts, what=f"bench '{name}' attack '{a}'")
+            for d, opts in b.defense_options.items():
+                plugins.get("defense", d)(opts)
+        for kind, entries in catalog.catalogue.items():
+            for n in entries:
+                if n not in plugins.registry[kind]:
+                    raise UnknownNameError(f"catalogue lists {kind} '{n}', which no plugin registers")
+    except (UnknownNameError, ConfigError) as exc:
+        raise RegistryFileError(f"{where}: {exc}") from None
 
 
 @lru_cache(maxsize=1)
@@ -227,4 +270,5 @@ def _bundled() -> Catalog:
     return parse_catalog(text, source="registry.toml (bundled)")
 
 
-__all__ = ["Catalog", "CatalogueEntry", "Preset", "TargetSpec", "BenchSpec", "load_catalog", "parse_catalog", "UnknownNameError"]
+__all__ = ["Catalog", "CatalogueEntry", "Preset", "TargetSpec", "BenchSpec", "load_catalog", "parse_catalog", "check_catalog",
+           "UnknownNameError"]

@@ -92,13 +92,18 @@ def make_plan(
     options: dict[str, dict[str, Any]] | None = None,
     adaptive: bool = False,
 ) -> Plan:
-    """Build the plan of bench matrix ``matrix``; the patterns narrow (or replace) its component lists.
+    """Build the plan of bench matrix ``matrix``; the patterns narrow (or replace) its component lists. A
+    pattern (attacks, defenses or targets) that matches nothing is a usage error, not an empty bench.
 
     ``options`` maps ``"attack:gmi"`` / ``"defense:top-k"`` to option overrides, validated here.
     """
     spec = catalog.matrix(matrix)
     attack_names = _select(plugins, "attack", spec.attacks, attacks)
     defense_names = _select(plugins, "defense", spec.defenses, defenses)
+    for kind, names, pattern, listed in (("attack", attack_names, attacks, spec.attacks),
+                                         ("defense", defense_names, defenses, spec.defenses)):
+        if not names:
+            raise UsageError(f"no {kind} matches '{pattern or ','.join(listed)}'")
     if targets:
         target_names = [t for t in catalog.targets if _match(t, targets)]
         for t in [t.strip() for t in targets.split(",") if t.strip() and not any(ch in t for ch in "*?[")]:

@@ -1,6 +1,8 @@
 """Bench reports: ``results.jsonl`` (one line per cell), ``results.csv``, ``results.md`` and a static
 ``report.html`` (the attack x defense matrix as a heatmap and a grid of reconstructions per cell).
-Every file is written atomically."""
+Every file is written atomically. While a bench runs, :class:`ResultsStream` appends each finished cell
+to ``results.jsonl`` as it lands (flushed to disk), so an interrupted bench leaves what it finished; the
+final report then rewrites the file whole, every cell once, in plan order."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import html
 import io
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +66,21 @@ def skips(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+
+class ResultsStream:
+    """``results.jsonl`` in ``out_dir``, started empty, one line appended (and synced) per finished cell."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.path = Path(out_dir) / "results.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("")  # a new bench: what an interrupted one left is in the cache
+
+    def append(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 def write_csv(path: Path, records: list[dict[str, Any]]) -> None:

@@ -1,6 +1,8 @@
 """Running a plan: each cell is computed once and written atomically into the content-addressed cache;
-a re-run (or a resumed, interrupted one) reads finished cells instead of computing them again. A cell
-that raises is recorded ``failed`` with its error, and the others still run."""
+a re-run (or a resumed, interrupted one) reads finished cells instead of computing them again. A cached
+cell carries a checksum over its record and its images: one that does not match, or cannot be read, is
+computed again (a note on stderr says so), never trusted. A cell that raises (or calls ``sys.exit``) is
+recorded ``failed`` with its error, and the others still run; ``KeyboardInterrupt`` still stops the bench."""
 
 from __future__ import annotations
 
@@ -14,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save_file
 
 import invertkit
 from invertkit.core.bench.plan import Cell, Plan
-from invertkit.core.cache import atomic_write_json, cache_dir
+from invertkit.core.cache import atomic_path, atomic_write_json, cache_dir, record_checksum
 from invertkit.core.catalog import Catalog
 from invertkit.core.errors import InvertkitError
 from invertkit.core.interfaces.attack import AttackContext
@@ -83,28 +86,65 @@ def cell_key(cell: Cell, scenario: Scenario) -> str:
     return cell.key({"invertkit": invertkit.__version__, "scenario": scenario.keys})
 
 
+def read_cached_cell(key: str) -> CellOutcome | None:
+    """The cached cell ``key``, or ``None`` when there is none, or when it cannot be read or fails its
+    checksum (then a note goes to stderr, and the caller computes the cell again)."""
+    rec_path, img_path = cells_dir() / f"{key}.json", cells_dir() / f"{key}.safetensors"
+    if not rec_path.is_file():
+        return None
+    try:
+        record = json.loads(rec_path.read_text())
+        blob = img_path.read_bytes()
+        if not isinstance(record, dict) or record.get("checksum") != record_checksum(record, blob):
+            raise ValueError("checksum mismatch")
+        tensors = load_tensors(blob)
+        images, labels = tensors["images"], tensors["labels"]
+    except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, it is not trusted
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"note: cached cell {key} is damaged ({why}); computing it again", file=sys.stderr, flush=True)
+        return None
+    record.pop("checksum")
+    record["cached"] = True
+    return CellOutcome(record, images, labels)
+
+
+def write_cached_cell(key: str, record: dict[str, Any], images: torch.Tensor, labels: torch.Tensor) -> None:
+    """Store a finished cell: its images, then its record with the checksum over both (written last: its
+    presence marks the cell finished)."""
+    img_path = cells_dir() / f"{key}.safetensors"
+    with atomic_path(img_path) as tmp:
+        save_file({"images": images.contiguous(), "labels": labels.contiguous()}, str(tmp))
+        blob = tmp.read_bytes()
+    stored = json.loads(json.dumps(record, default=str))  # what a reader will see, floats and all
+    stored["checksum"] = record_checksum(stored, blob)
+    atomic_write_json(cells_dir() / f"{key}.json", stored)
+
+
 def run_cell(cell: Cell, catalog: Catalog, plugins: Plugins, *, use_cache: bool = True,
              natural_cache: dict | None = None, debug: bool = False) -> CellOutcome:
     """Compute one cell (or read it from the cache). A failure inside the cell becomes a ``failed`` record
-    (its error in ``reason``); with ``debug`` the exception propagates instead, traceback and all."""
+    (its error in ``reason``), a ``sys.exit()`` too; with ``debug`` the exception propagates instead,
+    traceback and all. ``KeyboardInterrupt`` always propagates."""
     base = {"attack": cell.attack, "defense": cell.defense, "target": cell.target, "mode": cell.mode}
     if cell.status == "skipped":
         return CellOutcome({**base, "status": "skipped", "reason": cell.reason, "metrics": {}})
+    stage = "the target"
     try:
         target, scenario = load_target(catalog, plugins, cell.target)
         key = cell_key(cell, scenario)
-        rec_path, img_path = cells_dir() / f"{key}.json", cells_dir() / f"{key}.safetensors"
-        if use_cache and rec_path.is_file() and img_path.is_file():
-            record = json.loads(rec_path.read_text())
-            tensors = load_file(str(img_path))
-            record["cached"] = True
-            return CellOutcome(record, tensors["images"], tensors["labels"])
+        if use_cache:
+            cached = read_cached_cell(key)
+            if cached is not None:
+                return cached
+        stage = "defense"
         defense = plugins.get("defense", cell.defense)(cell.defense_options)
         attacked = defense.apply(target, defense_context(scenario, plugins, seed=cell.seed, adaptive=cell.adaptive))
         d_key = content_key({"defense": cell.defense, "options": cell.defense_options, "seed": cell.seed,
                              "adaptive": cell.adaptive})
+        stage = "attack"
         attack = plugins.get("attack", cell.attack)(cell.attack_options)
         # what the attacker derives from the target is derived from it as defended, and paid for in queries
+        stage = "prior"
         prior, prior_facts = prior_for(scenario, plugins, attacked, d_key) if attack.needs_prior else (None, {})
         prior_queries = attacked.queries
         attack.context = AttackContext(public_images=scenario.split.public[0], public_labels=scenario.split.public[1],
@@ -114,7 +154,9 @@ def run_cell(cell: Cell, catalog: Catalog, plugins: Plugins, *, use_cache: bool 
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
+        stage = "attack"
         result = attack(attacked, labels, prior=prior, seed=cell.seed)
+        stage = "a metric"
         mctx = metric_context(scenario, ids)
         mctx.extras["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan")
         metrics: dict[str, Any] = {}
@@ -122,6 +164,7 @@ def run_cell(cell: Cell, catalog: Catalog, plugins: Plugins, *, use_cache: bool 
             metric = plugins.get("metric", m)(mctx)
             metric.update(result.images, result.labels)
             metrics.update(metric.compute())
+        stage = "the natural accuracy"
         nat_key = (cell.target, cell.defense, json.dumps(cell.defense_options, sort_keys=True))
         if natural_cache is not None and nat_key in natural_cache:
             metrics["natural_acc"] = natural_cache[nat_key]
@@ -150,9 +193,8 @@ def run_cell(cell: Cell, catalog: Catalog, plugins: Plugins, *, use_cache: bool 
             "seed": cell.seed,
             "invertkit": invertkit.__version__,
         }
-        save_file({"images": result.images.contiguous(), "labels": result.labels.contiguous()}, str(img_path) + ".tmp")
-        Path(str(img_path) + ".tmp").replace(img_path)
-        atomic_write_json(rec_path, record)  # written last: its presence marks the cell finished
+        stage = "the cache"
+        write_cached_cell(key, record, result.images, result.labels)
         record["cached"] = False
         return CellOutcome(record, result.images, result.labels)
     except Exception as exc:  # noqa: BLE001 - one failed cell never stops the bench
@@ -160,6 +202,10 @@ def run_cell(cell: Cell, catalog: Catalog, plugins: Plugins, *, use_cache: bool 
             raise
         msg = str(exc).splitlines()[0] if str(exc) else ""
         return CellOutcome({**base, "status": "failed", "reason": f"{type(exc).__name__}: {msg}", "metrics": {}})
+    except SystemExit as exc:  # a plugin's sys.exit() ends its cell, not the bench
+        if debug:
+            raise
+        return CellOutcome({**base, "status": "failed", "reason": f"{stage} called sys.exit({exc.code!r})", "metrics": {}})
 
 
 class LocalExecutor:

@@ -15,9 +15,10 @@ from invertkit.core.errors import ConfigError
 
 
 class ComponentConfig(BaseModel):
-    """Base of every plugin's ``Config``: unknown keys are errors, values are validated on assignment."""
+    """Base of every plugin's ``Config``: unknown keys are errors, values are validated on assignment, and a
+    float must be finite (``Infinity``/``NaN`` are refused, the field named)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
 
 T = TypeVar("T", bound=BaseModel)

@@ -2,7 +2,8 @@
 
 Every public method (``logits``, ``probs``, ``log_probs``, ``topk``, ``label``, ``features``) checks the
 capability it needs, validates the input shape, counts one query per input row against the budget
-*before* answering, detaches everything when the target has no ``grad`` capability, and refuses NaN.
+*before* answering, detaches everything when the target has no ``grad`` capability, and refuses NaN
+and infinities (in ``label``, those of the scores the label is the argmax of).
 Subclasses implement the private ``_`` methods; wrappers (access levels, defenses) call the *public*
 methods of the target they wrap, so they can never see more than it exposes.
 """
@@ -98,11 +99,15 @@ class TargetModel(ABC):
             self.queries -= n  # a wrapped target refused: nothing was answered, so nothing is counted
             raise
         for t in out if isinstance(out, tuple) else (out,):
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                raise NonFiniteError(f"target '{self.name}' produced non-finite {cap.value}")
+            self._refuse_non_finite(t, cap.value)
             if C.GRAD not in self._capabilities:
                 t.requires_grad_(False)
         return out
+
+    def _refuse_non_finite(self, t: Tensor, what: str) -> Tensor:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise NonFiniteError(f"target '{self.name}' produced non-finite {what}")
+        return t
 
     # ------------------------------------------------------------ public API
     def logits(self, x: Tensor) -> Tensor:
@@ -159,7 +164,9 @@ class TargetModel(ABC):
         return values, indices
 
     def _label(self, x: Tensor) -> Tensor:
-        return self._probs(x).argmax(dim=1)
+        # the label is the argmax of scores the caller never sees: refuse them when they are not finite, as
+        # ``probs`` would (the argmax of NaN is a valid-looking class)
+        return self._refuse_non_finite(self._probs(x), "scores behind a label").argmax(dim=1)
 
     def _features(self, x: Tensor) -> Tensor:
         raise CapabilityError(f"target '{self.name}' has no features")

@@ -1,5 +1,7 @@
 """Scenarios: a preset's data split, its target, evaluation model and prior — trained on first use and
-kept in the content-addressed cache (``core.cache``), so a re-run loads instead of training.
+kept in the content-addressed cache (``core.cache``), so a re-run loads instead of training. Each model is
+made under a lock on its cache entry (:func:`~invertkit.core.cache.entry_lock`): runs sharing one cache
+train it once, the others wait and load it.
 
 A cache key covers the recipe, the data (a fingerprint of the split's tensors) and ``RECIPE_VERSION`` (a
 prior's also its networks' layout, :func:`architecture_signature`); change any of them and the model is
@@ -22,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from invertkit.core.cache import (
-    atomic_write_json, cache_dir, content_key, file_digest, load_checkpoint, load_into, read_meta, save_module,
+    atomic_write_json, cache_dir, content_key, entry_lock, file_digest, load_checkpoint, load_into, read_meta,
+    save_module,
 )
 from invertkit.core.catalog import Catalog, ModelRecipe, Preset
 from invertkit.core.errors import CheckpointError, UsageError
@@ -93,6 +96,12 @@ def trained_classifier(
     net = build_arch(plugins, recipe, split.num_classes, split.image_shape)
     if recipe.weights:
         return released_classifier(net, recipe, split, role, scenario=scenario)
+    with entry_lock(path, f"{role} '{recipe.arch}'"):
+        return _trained_classifier(net, recipe, split, role, scenario, key, path, facts_path)
+
+
+def _trained_classifier(net: nn.Module, recipe: ModelRecipe, split: Split, role: str, scenario: str, key: str,
+                        path: Path, facts_path: Path) -> tuple[nn.Module, dict[str, Any], str]:
     if path.is_file() and facts_path.is_file():
         load_into(net, path)
         net.eval()
@@ -185,6 +194,14 @@ def trained_prior(plugins: Plugins, preset: Preset, split: Split, scenario: str,
     stem = _models_dir() / f"prior-{preset.prior.plugin}-{key}"
     paths = {n: Path(f"{stem}-{n}.safetensors") for n in nets}
     facts_path = Path(f"{stem}.json")
+    with entry_lock(stem, f"prior '{preset.prior.plugin}'"):
+        return _trained_prior(builder, nets, preset, split, scenario, target, needs_target, key, paths, facts_path)
+
+
+def _trained_prior(builder: PriorBuilder, nets: dict[str, nn.Module], preset: Preset, split: Split, scenario: str,
+                   target: Any, needs_target: bool, key: str, paths: dict[str, Path],
+                   facts_path: Path) -> tuple[Prior, dict[str, Any], str]:
+    public = split.public[0]
     if facts_path.is_file() and all(p.is_file() for p in paths.values()):
         facts = json.loads(facts_path.read_text())
         for n, net in nets.items():
@@ -302,16 +319,17 @@ def cached_model(key_obj: dict[str, Any], train, build, *, label: str = "model",
     """The network ``train()`` returns, trained once per content key; later calls load it into ``build()``.
     ``extra_meta`` (filled in by ``train`` if it likes) is stored in the file's header beside the key."""
     path = _cached_path(key_obj, label)
-    if path.is_file():
-        net = build()
-        load_into(net, path)
+    with entry_lock(path, label):
+        if path.is_file():
+            net = build()
+            load_into(net, path)
+            return net.eval()
+        log(f"training {label} ({path.stem.rsplit('-', 1)[-1]}); cached for re-use")
+        t0 = time.perf_counter()
+        net = train()
+        save_module(path, net, {"label": label, "key": key_obj, "train_seconds": round(time.perf_counter() - t0, 2),
+                                **(extra_meta or {})})
         return net.eval()
-    log(f"training {label} ({path.stem.rsplit('-', 1)[-1]}); cached for re-use")
-    t0 = time.perf_counter()
-    net = train()
-    save_module(path, net, {"label": label, "key": key_obj, "train_seconds": round(time.perf_counter() - t0, 2),
-                            **(extra_meta or {})})
-    return net.eval()
 
 
 def cached_meta(key_obj: dict[str, Any], label: str) -> dict[str, Any]:

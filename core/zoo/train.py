@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from invertkit.core.cache import atomic_path
+
 
 @dataclass
 class TrainReport:
@@ -98,11 +100,10 @@ def train_classifier(
             sched.step()
         if progress is not None:
             progress(epoch + 1, epochs, float(loss.detach()))
-        if ckpt is not None:
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "rng": g.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch + 1}, tmp)
-            tmp.replace(ckpt)
+        if ckpt is not None:  # written under a temporary name of this writer's own, then renamed into place
+            with atomic_path(ckpt) as tmp:
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                            "rng": g.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch + 1}, tmp)
     if ckpt is not None and ckpt.is_file():
         ckpt.unlink()
     model.eval()
