@@ -37,8 +37,8 @@ VARIANTS: dict[str, tuple[str, int, dict[str, Any]]] = {
     # MA's students with random 1-pixel shifts while distilling: not the official recipe (the default before
     # the official-defaults fix), kept to measure what the augmentation contributes
     "gmi-ma (shift aug)": ("gmi-ma", 0, {"distill_augment": True}),
-    "gmi-lomma (kl, shift aug)": ("gmi-lomma", 0, {"distill_variant": "kl", "distill_augment": True}),
-    "gmi-lomma (kl+l2, shift aug)": ("gmi-lomma", 0, {"distill_variant": "kl_l2", "distill_augment": True}),
+    "gmi-lomma (kl; shift aug)": ("gmi-lomma", 0, {"distill_variant": "kl", "distill_augment": True}),
+    "gmi-lomma (kl+l2; shift aug)": ("gmi-lomma", 0, {"distill_variant": "kl_l2", "distill_augment": True}),
 }
 
 #: (better, worse): the papers' claims, as ``better >= worse``

@@ -2,22 +2,27 @@
 
 Runs ``benchmarks/orderings.py``'s variants (each a bench cell through ``run_cell``: the code path of
 ``cli.py bench``) at 100 iterations, 10 reconstructions per identity, seeds 0 and 1, and checks the orderings
-that this scale supports, with margins about a third of what was measured. Measured (seeds 0, 1, 2; mean
-eval-model confidence in the identity / acc@1 / KNN distance; `python benchmarks/orderings.py --dataset digits
---iterations 100 --samples 10 --seeds 0,1,2`):
+that this scale supports, with margins about a third of what was measured. MA's students are distilled as the
+official recipe does (no augmentation), through the target's view (every public image they are shown is a
+query). Measured (seeds 0, 1, 2; acc@1 / mean eval-model confidence in the identity / squared KNN distance;
+`python benchmarks/orderings.py --dataset digits --iterations 100 --samples 10 --seeds 0,1,2`):
 
-    gmi 0.707 / 0.767 / 2.98      gmi-ma 0.800 / 0.847 / 2.70     gmi-lom 0.706 / 0.760 / 2.68
-    gmi-lomma (kl) 0.596 / 0.620 / 3.06                          gmi-lomma (kl+l2) 0.739 / 0.773 / 2.83
+    gmi 0.767 / 0.704 / 9.95         gmi-lom 0.753 / 0.700 / 8.23
+    gmi-ma 0.780 / 0.702 / 9.78      gmi-ma (shift aug) 0.840 / 0.793 / 8.19
+    gmi-lomma (kl) 0.613 / 0.590 / 11.50                          gmi-lomma (kl+l2) 0.660 / 0.648 / 10.46
 
-Each of these orderings held at every seed: MA over GMI (confidence +0.06 to +0.12), LOMMA with KL+L2
-distillation over LOMMA with KL (+0.13 to +0.16), and LOM closer to the private data than GMI (KNN -0.27 to
--0.33). LOM's acc@1 ties GMI's at this scale (-0.007), so it is compared on KNN distance.
+What held at every seed: LOM closer to the private data than GMI (KNN -0.9 to -2.2), LOMMA with KL+L2
+distillation over LOMMA with KL (confidence +0.03 to +0.09). What no longer holds under the official recipe:
+MA over GMI. With students distilled without augmentation, MA ties GMI (+0.013 acc@1, -0.002 confidence);
+the +0.06..+0.12 measured before came from a random 1-pixel shift while distilling, which the official code
+does not do (``distill_augment=True`` restores it: +0.07 acc@1, +0.09 confidence). So the test asserts that
+MA does not fall below GMI, and that the augmented students beat it.
 
 KEDMI >= GMI needs KEDMI's iterations (its Adam search of a latent distribution starts from N(0, I) and at 100
-iterations trails GMI), so it runs at 600 (the papers: 1,500), seeds 0 and 1. Measured (`python
-benchmarks/orderings.py --dataset digits --iterations 600 --samples 10 --seeds 0,1,2 --variants gmi,kedmi`):
-gmi 0.753 / 0.807 / 2.84, kedmi 0.843 / 0.940 / 2.66 (acc@1 +0.133); at 1,500 iterations +0.127, each seed
-KEDMI 0.96-0.98 against GMI 0.82-0.86.
+iterations trails GMI), so it runs at 600 (the official scripts: 2,400), seeds 0 and 1; its GAN is fitted to
+the target through the attacker's view. Measured (`python benchmarks/orderings.py --dataset digits
+--iterations 600 --samples 10 --seeds 0,1,2 --variants gmi,kedmi`): gmi 0.753 / 0.807, kedmi 0.843 / 0.940
+(acc@1 +0.133).
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ def _run(variants: list[str], iterations: int):  # noqa: ANN202
 
 @pytest.fixture(scope="module")
 def table():  # noqa: ANN201
-    return _run(["gmi", "gmi-lom", "gmi-ma", "gmi-lomma (kl)", "gmi-lomma (kl+l2)"], iterations=100)
+    return _run(["gmi", "gmi-lom", "gmi-ma", "gmi-ma (shift aug)", "gmi-lomma (kl)", "gmi-lomma (kl+l2)"],
+                iterations=100)
 
 
 def test_kedmi_beats_gmi_given_its_iterations() -> None:
@@ -50,19 +56,25 @@ def test_kedmi_beats_gmi_given_its_iterations() -> None:
     assert kedmi["eval_conf"] >= gmi["eval_conf"] + 0.03, (kedmi, gmi)
 
 
-def test_model_augmentation_beats_gmi(table) -> None:  # noqa: ANN001
+def test_model_augmentation_does_not_fall_below_gmi(table) -> None:  # noqa: ANN001
     ma, gmi = table["gmi-ma"], table["gmi"]
+    assert ma["acc@1"] >= gmi["acc@1"] - 0.05, (ma, gmi)  # a tie under the official recipe (measured +0.013)
+    assert ma["eval_conf"] >= gmi["eval_conf"] - 0.05, (ma, gmi)
+
+
+def test_model_augmentation_with_augmented_students_beats_gmi(table) -> None:  # noqa: ANN001
+    ma, gmi = table["gmi-ma (shift aug)"], table["gmi"]
     assert ma["eval_conf"] >= gmi["eval_conf"] + 0.03, (ma, gmi)
     assert ma["acc@1"] >= gmi["acc@1"], (ma, gmi)
 
 
 def test_kl_l2_distillation_beats_kl_in_lomma(table) -> None:  # noqa: ANN001
     l2, kl = table["gmi-lomma (kl+l2)"], table["gmi-lomma (kl)"]
-    assert l2["eval_conf"] >= kl["eval_conf"] + 0.05, (l2, kl)
+    assert l2["eval_conf"] >= kl["eval_conf"] + 0.02, (l2, kl)
     assert l2["acc@1"] >= kl["acc@1"], (l2, kl)
 
 
 def test_lom_reconstructs_closer_to_the_private_data_than_gmi(table) -> None:  # noqa: ANN001
     lom, gmi = table["gmi-lom"], table["gmi"]
-    assert lom["knn_dist"] <= gmi["knn_dist"] - 0.1, (lom, gmi)
+    assert lom["knn_dist"] <= gmi["knn_dist"] - 0.3, (lom, gmi)  # squared distances: measured -1.7
     assert lom["acc@1"] >= gmi["acc@1"] - 0.05, (lom, gmi)  # a tie at this scale (measured -0.007)

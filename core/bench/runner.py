@@ -139,8 +139,7 @@ def run_cell(cell: Cell, catalog: Catalog, plugins: Plugins, *, use_cache: bool 
         stage = "defense"
         defense = plugins.get("defense", cell.defense)(cell.defense_options)
         attacked = defense.apply(target, defense_context(scenario, plugins, seed=cell.seed, adaptive=cell.adaptive))
-        d_key = content_key({"defense": cell.defense, "options": cell.defense_options, "seed": cell.seed,
-                             "adaptive": cell.adaptive})
+        d_key = defended_key(defense, cell)
         stage = "attack"
         attack = plugins.get("attack", cell.attack)(cell.attack_options)
         # what the attacker derives from the target is derived from it as defended, and paid for in queries
@@ -254,6 +253,15 @@ def _ray_cell(cell: Cell, registry_path: str | None, use_cache: bool):  # noqa: 
 
     out = run_cell(cell, load_catalog(registry_path), get_plugins(), use_cache=use_cache)
     return out.record, out.images, out.labels
+
+
+def defended_key(defense: Any, cell: Cell) -> str:
+    """Names the target as defended in ``cell``: the defense, its options, the attacker's mode, and the seed
+    where it makes another network (a training-time defense trains one per seed). What an attack derives from
+    the defended target (a fitted prior, students) is cached under this key."""
+    seed = cell.seed if getattr(defense, "kind", "output") == "training" else None
+    return content_key({"defense": cell.defense, "options": cell.defense_options, "seed": seed,
+                        "adaptive": cell.adaptive})
 
 
 def gradient_label(defense: Any, adaptive: bool) -> str:
