@@ -99,10 +99,12 @@ def _debug_now() -> bool:
     return bool(root and root.obj and root.obj.get("debug"))
 
 
-def _plugins():
+def _plugins(*, lazy: bool = False):  # noqa: ANN202
+    """The plugin set; ``lazy``: the index (``list``/``show``/``--help``), which imports a plugin module only when
+    its class is looked up, so listing never loads torch."""
     from invertkit.core.plugins import get_plugins
 
-    plugins = get_plugins()
+    plugins = get_plugins(lazy=lazy)
     for info in plugins.failures():
         click.echo(f"warning: plugin '{info.name}' ({info.source}) failed: {info.error}", err=True)
     return plugins
@@ -175,9 +177,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 def list_cmd(kind: str | None, pattern: str, registry_path: str | None) -> None:
     """List registered components (KIND: attacks, defenses, priors, metrics, backends, architectures,
     datasets, targets, presets, benches), optionally filtered by a wildcard PATTERN."""
-    from invertkit.core.registry import KINDS
+    from invertkit.core.registry import KINDS, describe
 
-    plugins = _plugins()
+    plugins = _plugins(lazy=True)
     catalog = _catalog(registry_path)
     kinds = [_kind(kind)] if kind else [*KINDS, *CATALOG_KINDS]
     for k in kinds:
@@ -193,9 +195,8 @@ def list_cmd(kind: str | None, pattern: str, registry_path: str | None) -> None:
         else:
             reg = plugins.registry[k]
             for n in reg.names(pattern):
-                e = reg[n]
-                entry = catalog.entry(k, n)
-                summary = getattr(e.obj, "summary", "") or (entry.summary or entry.title if entry else "") or (e.obj.__doc__ or "").strip().split("\n")[0]
+                e = reg.peek(n)  # the class's metadata; a module the index read statically is not imported
+                summary = describe(e.obj)[0] if e.loaded else e.summary
                 rows.append((n, e.plugin, summary))
         if kind is None and not rows:
             continue
@@ -212,26 +213,25 @@ def list_cmd(kind: str | None, pattern: str, registry_path: str | None) -> None:
 @click.argument("name")
 @click.option("--registry", "registry_path", type=click.Path())
 def show_cmd(kind: str, name: str, registry_path: str | None) -> None:
-    """Show one component: paper, year, threat model, requirements, defaults and config JSON schema."""
-    plugins = _plugins()
-    catalog = _catalog(registry_path)
+    """Show one component: paper, threat model, requirements, defaults and config JSON schema (from its class)."""
+    from invertkit.core.registry import describe
+
     k = _kind(kind)
     if k in CATALOG_KINDS:
+        catalog = _catalog(registry_path)
         obj = {"target": catalog.target, "preset": catalog.preset, "bench": catalog.matrix}[k](name)
         click.echo(json.dumps(obj.model_dump(mode="json"), indent=2))
         return
-    entry = plugins.registry[k][name]
+    plugins = _plugins(lazy=True)
+    entry = plugins.registry[k][name]  # imports this component's module only
     obj = entry.obj
-    cat = catalog.entry(k, name)
+    summary, paper = describe(obj)
     click.echo(f"{k} {name}  (plugin '{entry.plugin}')")
-    if cat is not None:
-        click.echo(f"  title:        {cat.title}")
-    paper = (cat.paper if cat is not None else "") or getattr(obj, "paper", "")  # third-party: the class's own
     if paper:
-        click.echo(f"  paper:        {paper}" + (f" ({cat.year})" if cat is not None and cat.year else ""))
-    if cat is not None and cat.threat_model:
-        click.echo(f"  threat model: {cat.threat_model}")
-    summary = getattr(obj, "summary", "")
+        click.echo(f"  paper:        {paper}")
+    threat = _threat_model(k, obj)
+    if threat:
+        click.echo(f"  threat model: {threat}")
     if summary:
         click.echo(f"  summary:      {summary}")
     requires = getattr(obj, "requires", None)
@@ -244,6 +244,21 @@ def show_cmd(kind: str, name: str, registry_path: str | None) -> None:
         click.echo("  defaults:     " + json.dumps(config().model_dump(mode="json")))
         click.echo("  config schema:")
         click.echo("    " + json.dumps(config.model_json_schema(), indent=2).replace("\n", "\n    "))
+
+
+def _threat_model(kind: str, obj: Any) -> str:
+    """The class's ``threat_model``; for an attack without one, what its ``requires`` makes it."""
+    own = getattr(obj, "threat_model", "")
+    if own or kind != "attack" or getattr(obj, "requires", None) is None:
+        return str(own or "")
+    needs = {getattr(c, "value", c) for c in obj.requires}
+    if not needs:
+        return "none (uses no target access)"
+    if needs & {"grad", "weights"}:
+        return "white-box"
+    if needs <= {"label"}:
+        return "black-box (labels only)"
+    return "black-box (scores)" if needs & {"probs", "topk", "logits"} else "black-box (" + ", ".join(sorted(needs)) + ")"
 
 
 @cli.command("plugins")
@@ -273,9 +288,8 @@ def validate_cmd(file: str | None) -> None:
     plugins = _plugins()
     where = file or "registry.toml (bundled)"
     check_catalog(catalog, plugins, where)
-    n = sum(len(v) for v in catalog.catalogue.values())
     click.echo(f"{where}: ok ({len(catalog.presets)} presets, {len(catalog.targets)} targets, "
-               f"{len(catalog.bench)} bench matrices, {n} catalogue entries)")
+               f"{len(catalog.bench)} bench matrices)")
 
 
 # ----------------------------------------------------------------------------------- run / bench
@@ -526,10 +540,14 @@ def export_onnx_cmd(target: str, path: str, registry_path: str | None) -> None:
 
 
 def _add_plugin_commands() -> None:
+    """Plugins' own commands. Only the modules that define the hook are imported (the plugin index says which),
+    so ``--help`` stays fast."""
     from invertkit.core.plugins import get_plugins
 
     try:
-        get_plugins().pm.hook.invertkit_register_commands(cli=cli)
+        plugins = get_plugins(lazy=True)
+        plugins.load_implementers("invertkit_register_commands")
+        plugins.pm.hook.invertkit_register_commands(cli=cli)
     except Exception as exc:  # noqa: BLE001 - a broken plugin command must not break the CLI
         click.echo(f"warning: a plugin failed to add commands: {exc}", err=True)
 

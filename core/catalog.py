@@ -1,8 +1,10 @@
-"""``registry.toml``: the data-only catalogue of named components, presets, targets and bench matrices.
+"""``registry.toml``: what a user edits — presets (scenarios), named targets and bench matrices.
 
-Entry points say which *code* exists; this file says which named, parametrised instances to run and how
-they pair. It is validated by the pydantic models below and never imports plugin code; :func:`check_catalog`
-checks the names it uses against the plugins it is handed.
+Entry points say which *code* exists, and each component class carries its own metadata (``name``,
+``paper``, ``summary``, ``requires``, defaults in its pydantic ``Config``); this file says which named,
+parametrised instances to run and how they pair. It is validated by the pydantic models below and never
+imports plugin code; :func:`check_catalog` checks the names it uses against the plugins it is handed.
+A ``[catalogue]`` section (component descriptions, read by earlier versions) is refused with one line.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from invertkit.core.errors import RegistryFileError, UnknownNameError
-from invertkit.core.interfaces.capability import ACCESS_LEVELS, Capability
-from invertkit.core.registry import KINDS, unknown
+from invertkit.core.interfaces.capability import ACCESS_LEVELS
+from invertkit.core.registry import unknown
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -42,26 +44,6 @@ def class_list(v: Any) -> Any:
             raise ValueError(f"'{v}' is not a class list: give a list of ints or an inclusive range 'a..b'")
         return tuple(range(a, b + 1))
     return v
-
-
-class CatalogueEntry(Strict):
-    """What a bundled component is: its paper, year, threat model and required capabilities."""
-
-    title: str
-    summary: str = ""
-    paper: str = ""
-    year: int | None = None
-    threat_model: str = ""
-    requires: tuple[str, ...] = ()
-
-    @field_validator("requires")
-    @classmethod
-    def _caps(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        known = {c.value for c in Capability}
-        bad = [c for c in v if c not in known]
-        if bad:
-            raise ValueError(f"unknown capabilities {bad}; known: {sorted(known)}")
-        return v
 
 
 class ModelRecipe(Strict):
@@ -151,18 +133,9 @@ class BenchSpec(Strict):
 
 class Catalog(Strict):
     schema_version: int = Field(1, alias="schema")
-    catalogue: dict[str, dict[str, CatalogueEntry]] = Field(default_factory=dict)
     presets: dict[str, Preset] = Field(default_factory=dict)
     targets: dict[str, TargetSpec] = Field(default_factory=dict)
     bench: dict[str, BenchSpec] = Field(default_factory=dict)
-
-    @field_validator("catalogue")
-    @classmethod
-    def _kinds(cls, v: dict[str, dict[str, CatalogueEntry]]) -> dict[str, dict[str, CatalogueEntry]]:
-        bad = [k for k in v if k not in KINDS]
-        if bad:
-            raise ValueError(f"unknown catalogue kinds {bad}; known: {list(KINDS)}")
-        return v
 
     @model_validator(mode="after")
     def _references(self) -> "Catalog":
@@ -191,9 +164,6 @@ class Catalog(Strict):
             raise unknown("bench matrix", name, list(self.bench))
         return self.bench[name]
 
-    def entry(self, kind: str, name: str) -> CatalogueEntry | None:
-        return self.catalogue.get(kind, {}).get(name)
-
 
 def access_caps(access: str):  # noqa: ANN201
     return ACCESS_LEVELS[access]
@@ -204,6 +174,9 @@ def parse_catalog(text: str, *, source: str = "registry.toml") -> Catalog:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RegistryFileError(f"{source}: not valid TOML: {exc}") from None
+    if "catalogue" in data:
+        raise RegistryFileError(f"{source}: [catalogue] is no longer read: each component's description (name, paper, "
+                                "summary, requires, defaults) moved to its plugin class; delete the [catalogue.*] sections")
     try:
         return Catalog.model_validate(data)
     except ValidationError as exc:
@@ -229,7 +202,7 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
 
 def check_catalog(catalog: Catalog, plugins: Any, where: str) -> None:
     """Check every name ``catalog`` uses against the registered ``plugins`` (datasets, architectures, priors
-    and their options, backends, a bench's attacks, defenses, metrics and options, the catalogue's entries):
+    and their options, backends, a bench's attacks, defenses, metrics and options):
     what ``invertkit validate`` reports, and what ``bench`` and ``run`` check before any work. A problem is
     one :class:`RegistryFileError` naming ``where`` (the file)."""
     from invertkit.core.errors import ConfigError
@@ -256,10 +229,6 @@ def check_catalog(catalog: Catalog, plugins: Any, where: str) -> None:
                 build_config(plugins.get("attack", a).Config, opts, what=f"bench '{name}' attack '{a}'")
             for d, opts in b.defense_options.items():
                 plugins.get("defense", d)(opts)
-        for kind, entries in catalog.catalogue.items():
-            for n in entries:
-                if n not in plugins.registry[kind]:
-                    raise UnknownNameError(f"catalogue lists {kind} '{n}', which no plugin registers")
     except (UnknownNameError, ConfigError) as exc:
         raise RegistryFileError(f"{where}: {exc}") from None
 
@@ -270,5 +239,5 @@ def _bundled() -> Catalog:
     return parse_catalog(text, source="registry.toml (bundled)")
 
 
-__all__ = ["Catalog", "CatalogueEntry", "Preset", "TargetSpec", "BenchSpec", "load_catalog", "parse_catalog", "check_catalog",
+__all__ = ["Catalog", "Preset", "TargetSpec", "BenchSpec", "load_catalog", "parse_catalog", "check_catalog",
            "UnknownNameError"]

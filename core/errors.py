@@ -20,7 +20,7 @@ class UsageError(InvertkitError):
 
 
 class UnknownNameError(UsageError, LookupError):
-    """A plugin or catalogue name that does not exist; the message suggests the nearest one."""
+    """A plugin or registry.toml name that does not exist; the message suggests the nearest one."""
 
 
 class DuplicateNameError(InvertkitError):

@@ -10,6 +10,12 @@ and implementing any of these hooks with ``@invertkit.core.hookspecs.hookimpl``.
 receive a :class:`~invertkit.core.registry.Registrar` bound to one kind: call it with a class (its
 ``name`` attribute is the registry name). Bundled plugins are registered through the very same entry
 points. Hooks must not do heavy work (no training, no downloads): they only register.
+
+A component's metadata is its class's: ``name``, ``summary`` (one line), ``paper`` (a link; "" for a
+baseline), ``requires`` (attacks) and the pydantic ``Config`` with the defaults; ``registry.toml`` describes
+no component. ``invertkit list`` reads ``name``/``summary``/``paper`` from the module's source without
+importing it when the hook is a plain sequence of ``register(X)`` calls and those attributes are literals
+(see :func:`invertkit.core.plugins.static_index`); anything else is imported once and cached.
 """
 
 from __future__ import annotations

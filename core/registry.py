@@ -9,13 +9,24 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from invertkit.core.errors import DuplicateNameError, UnknownNameError
+from invertkit.core.errors import DuplicateNameError, InvertkitError, UnknownNameError
 
 KINDS: tuple[str, ...] = ("attack", "defense", "prior", "metric", "backend", "architecture", "dataset")
+
+
+class _NotLoaded:
+    """The ``obj`` of an entry known from the plugin index (entry points + a static read of the module) whose
+    module has not been imported yet; looking the entry up imports it (see :mod:`invertkit.core.plugins`)."""
+
+    def __repr__(self) -> str:
+        return "<not loaded>"
+
+
+NOT_LOADED: Any = _NotLoaded()
 
 
 @dataclass(frozen=True)
@@ -24,6 +35,20 @@ class Entry:
     name: str
     obj: Any
     plugin: str
+    #: for a not-yet-loaded entry: the class's summary and paper as the index read them (no import)
+    summary: str = ""
+    paper: str = ""
+
+    @property
+    def loaded(self) -> bool:
+        return self.obj is not NOT_LOADED
+
+
+def describe(obj: Any) -> tuple[str, str]:
+    """``(summary, paper)`` of a registered component: its class's ``summary`` (else the first line of its
+    docstring) and ``paper`` attributes, the metadata ``invertkit list`` and ``show`` print."""
+    summary = getattr(obj, "summary", "") or (getattr(obj, "__doc__", None) or "").strip().split("\n")[0]
+    return str(summary or ""), str(getattr(obj, "paper", "") or "")
 
 
 def suggest(name: str, candidates: list[str] | tuple[str, ...]) -> str | None:
@@ -44,18 +69,28 @@ class KindRegistry(Mapping[str, Entry]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
+        #: imports a plugin whose entries are not loaded yet (set by the plugin manager in lazy mode)
+        self.loader: Callable[[str], None] | None = None
 
-    def add(self, name: str, obj: Any, plugin: str) -> Entry:
+    def add(self, name: str, obj: Any, plugin: str, *, summary: str = "", paper: str = "") -> Entry:
         if not isinstance(name, str) or not name:
             raise ValueError(f"{self.kind} name must be a non-empty string, got {name!r}")
         if name in self._entries:
             prev = self._entries[name]
-            raise DuplicateNameError(
-                f"{self.kind} '{name}' is registered twice: by plugin '{prev.plugin}' and by plugin '{plugin}'"
-            )
-        entry = Entry(self.kind, name, obj, plugin)
+            if not (prev.plugin == plugin and not prev.loaded and obj is not NOT_LOADED):  # the index's placeholder
+                raise DuplicateNameError(
+                    f"{self.kind} '{name}' is registered twice: by plugin '{prev.plugin}' and by plugin '{plugin}'"
+                )
+        entry = Entry(self.kind, name, obj, plugin, summary, paper)
         self._entries[name] = entry
         return entry
+
+    def peek(self, name: str) -> Entry:
+        """The entry, without importing its plugin: a not-yet-loaded one carries the index's summary and paper."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise unknown(self.kind, name, list(self._entries)) from None
 
     def remove(self, name: str) -> Entry:
         if name not in self._entries:
@@ -63,10 +98,15 @@ class KindRegistry(Mapping[str, Entry]):
         return self._entries.pop(name)
 
     def __getitem__(self, name: str) -> Entry:
-        try:
-            return self._entries[name]
-        except KeyError:
-            raise unknown(self.kind, name, list(self._entries)) from None
+        entry = self.peek(name)
+        if entry.loaded:
+            return entry
+        if self.loader is not None:
+            self.loader(entry.plugin)  # imports the module; its hook replaces the placeholder
+        entry = self._entries.get(name, entry)
+        if not entry.loaded:
+            raise InvertkitError(f"{self.kind} '{name}' is not available: plugin '{entry.plugin}' did not register it")
+        return entry
 
     def get_obj(self, name: str) -> Any:
         return self[name].obj

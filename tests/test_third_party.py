@@ -63,15 +63,17 @@ def broken_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return site
 
 
-def invertkit(*args: object, sites: tuple[Path, ...] = (), **env: str) -> subprocess.CompletedProcess[str]:
-    """``python cli.py ARGS`` with ``sites`` prepended to PYTHONPATH and this session's INVERTKIT_CACHE."""
+def invertkit(*args: object, sites: tuple[Path, ...] = (), python_args: bool = False,
+              **env: str) -> subprocess.CompletedProcess[str]:
+    """``python cli.py ARGS`` (``python ARGS`` with ``python_args``) with ``sites`` prepended to PYTHONPATH and this
+    session's INVERTKIT_CACHE."""
     full = {k: v for k, v in os.environ.items() if k not in ("INVERTKIT_PLUGINS", "INVERTKIT_DISABLE_PLUGINS")}
     full.setdefault("OMP_NUM_THREADS", "1")  # tiny models; on a shared two-core machine a second thread only spins
     assert full.get("INVERTKIT_CACHE"), "conftest sets INVERTKIT_CACHE"
     full["PYTHONPATH"] = os.pathsep.join([*map(str, sites), *filter(None, [os.environ.get("PYTHONPATH")])])
     full.update(env)
-    return subprocess.run([sys.executable, str(CLI), *map(str, args)], capture_output=True, text=True, env=full,
-                          timeout=600)
+    return subprocess.run([sys.executable, *([] if python_args else [str(CLI)]), *map(str, args)],
+                          capture_output=True, text=True, env=full, timeout=600)
 
 
 def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
@@ -99,9 +101,32 @@ def test_list_shows_the_example_attack(site: Path) -> None:
 def test_show_the_example_attack(site: Path) -> None:
     out = ok(invertkit("show", "attack", "best-of-n", sites=(site,))).stdout
     assert out.startswith("attack best-of-n  (plugin 'example-best-of-n')")
-    assert "paper:        https://arxiv.org/abs/2201.12179" in out  # from the class: no catalogue entry
+    assert "paper:        https://arxiv.org/abs/2201.12179" in out  # from the class (registry.toml has no catalogue)
+    assert "threat model: black-box (scores)" in out
     assert "requires:     ['probs']" in out
     assert '"candidates": 64' in out and '"candidates": {' in out
+
+
+def test_one_module_and_one_entry_point_are_the_whole_plugin(site: Path, tmp_path: Path) -> None:
+    """Adding an attack is one module plus one entry point: no registry.toml edit (it holds no catalogue; the
+    bench below runs best-of-n from the example's own matrix file), and ``list`` shows the class's summary read
+    from the module without importing it (no torch)."""
+    bundled = (REPO / "registry.toml").read_text()
+    assert "[catalogue" not in bundled and "best-of-n" not in bundled
+    assert "[catalogue" not in (EXAMPLE / "bench.toml").read_text()
+    entry_points = (next(site.glob("invertkit_example_plugin-*.dist-info")) / "entry_points.txt").read_text()
+    assert entry_points.split() == ["[invertkit]", "example-best-of-n", "=", "invertkit_example_plugin.attack",
+                                    "example-temperature", "=", "invertkit_example_plugin.defense"]
+    out = tmp_path / "modules.txt"
+    code = ("import atexit, runpy, sys; out = sys.argv[1]; atexit.register(lambda: open(out, 'w').write(' '.join(sys.modules)));"
+            "sys.argv = sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    for _ in range(2):  # the first run may import the loop-registered architecture modules once (index cache)
+        proc = ok(invertkit("-c", code, out, CLI, "list", "attacks", sites=(site,), python_args=True))
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("  best-of-n "))
+    assert row.split(None, 2)[1:] == ["[example-best-of-n]", "Black-box (scores): decode N prior samples per "
+                                      "reconstruction, keep those with the highest p_y."]
+    modules = set(out.read_text().split())
+    assert "torch" not in modules and "invertkit_example_plugin.attack" not in modules
 
 
 def test_plugins_shows_the_entry_points_loaded(site: Path) -> None:

@@ -145,6 +145,7 @@ class CelebA(DatasetAdapter):
     #: the folder name under $INVERTKIT_DATA
     data_name = "celeba"
     summary = "CelebA aligned faces, labels = identity ids; GMI/KEDMI 108x108 centre crop resized to 64x64, lazy"
+    paper = "https://arxiv.org/abs/1411.7766"
     layout = ("img_align_celeba/*.jpg and identity_CelebA.txt (optionally list_eval_partition.txt), "
               "or the official Img/ Anno/ Eval/ folders")
 
@@ -224,6 +225,7 @@ class CelebA(DatasetAdapter):
 class CelebAKEDMI(CelebA):
     name = "celeba-kedmi"
     summary = "CelebA, KEDMI protocol: 1,000 private identities (labels 0..999) + 30,000 public images (label -1)"
+    paper = "https://arxiv.org/abs/2010.04092"
 
     class Config(CelebA.Config):
         protocol: Literal["kedmi"] = Field("kedmi", description="always 'kedmi' (use dataset 'celeba' for others)")

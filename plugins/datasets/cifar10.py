@@ -49,6 +49,7 @@ def read_batch(path: Path) -> tuple[Tensor, Tensor]:
 class CIFAR10(DatasetAdapter):
     name = "cifar10"
     summary = "CIFAR-10 binary version: 60,000 32x32 colour images, 10 classes"
+    paper = "https://www.cs.toronto.edu/~kriz/learning-features-2009-TR.pdf"
     layout = "cifar-10-batches-bin/data_batch_{1..5}.bin and test_batch.bin (1 label byte + 3072 pixel bytes per record)"
 
     def load(self, root: str | None = None) -> tuple[Tensor, Tensor]:

@@ -15,6 +15,7 @@ from invertkit.core.hookspecs import hookimpl
 class Digits(DatasetAdapter):
     name = "digits"
     summary = "sklearn load_digits: 1,797 grey 8x8 digits, 10 classes (bundled, no download)"
+    paper = "https://archive.ics.uci.edu/dataset/80"
     layout = "bundled with scikit-learn"
 
     def load(self, root: str | None = None) -> tuple[Tensor, Tensor]:

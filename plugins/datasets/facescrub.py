@@ -51,6 +51,7 @@ def identity_folders(folder: Path) -> list[tuple[str, Path]] | None:
 class FaceScrub(DatasetAdapter):
     name = "facescrub"
     summary = "FaceScrub face crops, a folder per identity (530 identities); resized to 64x64"
+    paper = "https://doi.org/10.1109/ICIP.2014.7025068"
     layout = "actors/faces/<Name>/*.jpeg and actresses/faces/<Name>/*.jpeg (a folder per identity)"
 
     class Config(ComponentConfig):

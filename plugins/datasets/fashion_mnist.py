@@ -29,6 +29,7 @@ def _probe(folder: Path):  # noqa: ANN201
 class FashionMNIST(DatasetAdapter):
     name = "fashion-mnist"
     summary = "Fashion-MNIST 28x28 grey clothing images, 10 classes, 70,000 (IDX; Debian dataset-fashion-mnist)"
+    paper = "https://arxiv.org/abs/1708.07747"
     layout = ("IDX files train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], "
               "t10k-labels-idx1-ubyte[.gz] in the folder")
 

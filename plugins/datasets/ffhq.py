@@ -25,6 +25,7 @@ KEDMI_CROP = 88 / 128
 class FFHQ(ImageFolder):
     name = "ffhq"
     summary = "FFHQ faces (unlabelled public set, labels -1): KEDMI's centre crop, resized to 64x64"
+    paper = "https://arxiv.org/abs/1812.04948"
     layout = "thumbnails128x128/ or images1024x1024/ (PNG files in numbered subfolders), or any folder of face images"
 
     class Config(ImageFolder.Config):

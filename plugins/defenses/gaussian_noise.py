@@ -45,6 +45,7 @@ class GaussianNoise(OutputDefense):
         )
 
     name: ClassVar[str] = "gaussian-noise"
+    threat_model: ClassVar[str] = "output perturbation"
     summary: ClassVar[str] = (
         "Add clipped N(0, sigma^2) noise to log-confidences and renormalise; label kept when the log margin "
         "exceeds 2*clip*sigma; exact gradients."

@@ -25,6 +25,7 @@ class LabelOnly(OutputDefense):
         """No options: the release is the label, nothing weaker or stronger."""
 
     name: ClassVar[str] = "label-only"
+    threat_model: ClassVar[str] = "output restriction"
     summary: ClassVar[str] = "Release only the predicted label (argmax of the undefended confidences); no gradients."
     paper: ClassVar[str] = "https://doi.org/10.1145/2810103.2813677"
     removes: ClassVar[Capabilities] = frozenset(Capability) - {Capability.LABEL}

@@ -127,6 +127,7 @@ class MID(DefenseTraining):
         batch_size: int | None = Field(None, ge=1, description="Mini-batch size; None: the target recipe's.")
 
     name: ClassVar[str] = "mid"
+    threat_model: ClassVar[str] = "training-time"
     summary: ClassVar[str] = (
         "MID: a variational information bottleneck (mu, std -> z) before the head, loss CE + beta * KL; "
         "the released model samples z at prediction too (the authors' code)."

@@ -85,6 +85,7 @@ class NetGuard(DefenseTraining):
         batch_size: int | None = Field(None, ge=1, description="Mini-batch size; None: the target recipe's.")
 
     name: ClassVar[str] = "netguard"
+    threat_model: ClassVar[str] = "training-time"
     summary: ClassVar[str] = (
         "NetGuard-style decoys: prior samples far from each identity's data, labelled as it, learned by "
         "fine-tuning with replay of the private set."

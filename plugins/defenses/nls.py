@@ -117,6 +117,7 @@ class NLS(DefenseTraining):
         batch_size: int | None = Field(None, ge=1, description="Mini-batch size; None: the target recipe's.")
 
     name: ClassVar[str] = "nls"
+    threat_model: ClassVar[str] = "training-time"
     summary: ClassVar[str] = (
         "Negative label smoothing (soft targets (1 - alpha) onehot + alpha / K, alpha < 0) on the authors' "
         "schedule: none for the first half of the epochs, a ramp to alpha/2, alpha from 75%."

@@ -19,6 +19,7 @@ class NoDefense(Defense):
         """No options: the baseline has no strength to tune."""
 
     name: ClassVar[str] = "none"
+    threat_model: ClassVar[str] = "any"
     kind = "output"
     summary: ClassVar[str] = "Undefended baseline: the target is released as it is."
     #: no paper proposes "no defense"; it is the reference every defended cell is compared against

@@ -56,6 +56,7 @@ class Pruning(DefenseTraining):
         batch_size: int | None = Field(None, ge=1, description="Mini-batch size; None: the target recipe's.")
 
     name: ClassVar[str] = "pruning"
+    threat_model: ClassVar[str] = "training-time"
     summary: ClassVar[str] = (
         "Global magnitude pruning of the target's conv/linear weights to a sparsity, then a short masked fine-tune."
     )

@@ -115,6 +115,7 @@ class Purifier(OutputDefense):
         )
 
     name: ClassVar[str] = "purifier"
+    threat_model: ClassVar[str] = "output perturbation (learned)"
     summary: ClassVar[str] = (
         "Yang et al.'s prediction purification: a confidence autoencoder trained on public-split outputs "
         "reforms every released vector; label kept unless label_swap; exact gradients."

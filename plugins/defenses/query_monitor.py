@@ -242,6 +242,7 @@ class QueryMonitor(Defense):
         )
 
     name: ClassVar[str] = "query-monitor"
+    threat_model: ClassVar[str] = "API monitoring"
     kind = "output"
     summary: ClassVar[str] = (
         "Stateful stream monitor (near-duplicate k-NN distances, class-conditional confidence climbs); once "

@@ -76,6 +76,7 @@ class ReverseSigmoid(OutputDefense):
         )
 
     name: ClassVar[str] = "reverse-sigmoid"
+    threat_model: ClassVar[str] = "output perturbation"
     summary: ClassVar[str] = (
         "Lee et al.'s deceptive reverse-sigmoid perturbation of the confidences (beta, gamma); top-1 kept by a "
         "swap; exact gradients through the perturbed vector."

@@ -52,6 +52,7 @@ class Rounding(OutputDefense):
         )
 
     name: ClassVar[str] = "rounding"
+    threat_model: ClassVar[str] = "output perturbation"
     summary: ClassVar[str] = (
         "Round confidences to `decimals` places (largest-remainder, rows stay exact distributions); "
         "gradients pass straight through."

@@ -63,6 +63,7 @@ class TemplateNoise(Defense):
         relative: bool = Field(True, description="Scale the noise by each template's RMS value.")
 
     name: ClassVar[str] = "template-noise"
+    threat_model: ClassVar[str] = "template protection"
     kind = "output"
     summary: ClassVar[str] = "Add Gaussian noise (sigma, relative to the template's RMS) to every released template."
     paper: ClassVar[str] = "https://arxiv.org/abs/1703.00832"

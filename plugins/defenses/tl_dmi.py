@@ -76,6 +76,7 @@ class TLDMI(DefenseTraining):
         batch_size: int | None = Field(None, ge=1, description="Mini-batch size; None: the recipe's.")
 
     name: ClassVar[str] = "tl-dmi"
+    threat_model: ClassVar[str] = "training-time"
     summary: ClassVar[str] = (
         "TL-DMI: pre-train on the public split, freeze the first layers, fine-tune the rest (and a new head) on "
         "private data."

@@ -30,6 +30,7 @@ class TopK(OutputDefense):
         )
 
     name: ClassVar[str] = "top-k"
+    threat_model: ClassVar[str] = "output perturbation"
     summary: ClassVar[str] = "Release only the k largest confidences (renormalised); gradients pass straight through."
     paper: ClassVar[str] = "https://arxiv.org/abs/1610.05820"
     straight_through: ClassVar[bool] = True

@@ -53,6 +53,8 @@ def lenet(num_classes: int, in_shape: tuple[int, int, int], **kw) -> nn.Module: 
 
 
 lenet.name = "lenet"  # type: ignore[attr-defined]
+lenet.summary = "LeNet-style CNN (the MNIST / Fashion-MNIST evaluation model): two 5x5 conv + max-pool stages, FC head"  # type: ignore[attr-defined]
+lenet.paper = "https://doi.org/10.1109/5.726791"  # type: ignore[attr-defined]
 
 
 @hookimpl

@@ -70,6 +70,8 @@ def small_cnn(num_classes: int, in_shape: tuple[int, int, int], **kw: int) -> nn
 
 
 small_cnn.name = "small-cnn"  # type: ignore[attr-defined]
+small_cnn.summary = "Small 3-conv CNN with BatchNorm (the digits and MNIST target)"  # type: ignore[attr-defined]
+small_cnn.paper = ""  # type: ignore[attr-defined]  # a baseline design, no paper
 
 
 def small_mlp(num_classes: int, in_shape: tuple[int, int, int], **kw: int) -> nn.Module:
@@ -78,6 +80,8 @@ def small_mlp(num_classes: int, in_shape: tuple[int, int, int], **kw: int) -> nn
 
 
 small_mlp.name = "small-mlp"  # type: ignore[attr-defined]
+small_mlp.summary = "Small 2-layer MLP (an evaluation model deliberately not the target's architecture)"  # type: ignore[attr-defined]
+small_mlp.paper = ""  # type: ignore[attr-defined]  # a baseline design, no paper
 
 
 @hookimpl
