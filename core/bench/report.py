@@ -26,7 +26,8 @@ COLUMNS = (*RECORD_KEYS, *METRIC_KEYS)
 #: the headline matrices: one opinion (the evaluation model), the independent judge, and where they disagree
 HEADLINES = (("acc@1", "attack acc@1 (evaluation model)"),
              ("judge_acc", "judge's acc@1 (ensemble of other evaluation models)"),
-             ("adversarial_rate", "adversarial rate (accepted by the evaluation model, rejected by the judge)"))
+             ("adversarial_rate", "adversarial rate (accepted by the evaluation model, rejected by the judge)"),
+             ("nn_pixel_acc", "nearest private training image (pixel space) is the attacked identity"))
 
 
 def fmt(v: Any, key: str = "") -> str:
