@@ -413,13 +413,16 @@ def _print_matrix(records: list[dict[str, Any]]) -> None:
               help="Override a component option, e.g. -o gmi.iterations=100 -o top-k.k=2.")
 @click.option("--out", default=BENCH_DEFAULT_OUT, show_default=True, type=click.Path(), help="Report folder.")
 @click.option("--fresh", is_flag=True, help="Ignore cached cells and recompute them.")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: cells one after another here; ray: one Ray task per cell (a local Ray instance, or --address).")
+@click.option("--address", default=None, metavar="ADDR",
+              help="With --executor ray: the Ray cluster to run on (ray.init(address=ADDR)); default: start a local one.")
 @click.option("--adaptive", is_flag=True,
               help="Adaptive attackers: white-box attacks hold the weights and must pass output defenses (BPDA "
                    "gradients). Opt-in; every record and table says so.")
 @click.option("--registry", "registry_path", type=click.Path())
 def bench_cmd(matrix_name: str, attacks: str | None, defenses: str | None, targets: str | None,
-              options: tuple[str, ...], out: str, fresh: bool, executor: str, adaptive: bool,
+              options: tuple[str, ...], out: str, fresh: bool, executor: str, address: str | None, adaptive: bool,
               registry_path: str | None) -> None:
     """Run an attacks x defenses x targets matrix; print it and write results.{jsonl,csv,md} + report.html.
 
@@ -432,6 +435,8 @@ def bench_cmd(matrix_name: str, attacks: str | None, defenses: str | None, targe
     from invertkit.core.registry import unknown
 
     t0 = time.perf_counter()
+    if address is not None and executor != "ray":
+        raise UsageError("--address applies to --executor ray")
     _check_out(out)
     plugins = _plugins()
     catalog = _checked_catalog(registry_path, plugins)
@@ -459,7 +464,9 @@ def bench_cmd(matrix_name: str, attacks: str | None, defenses: str | None, targe
         cached = " (cached)" if rec.get("cached") else ""
         click.echo(f"  [{i}/{n}] {rec['attack']} x {rec['defense']} x {rec['target']}: {rec['status']} {tail}{cached}", err=True)
 
-    ex = RayExecutor(registry_path) if executor == "ray" else None
+    ex = RayExecutor(registry_path, address=address) if executor == "ray" else None
+    if ex is not None:
+        ex.worker_env()  # a plugin set the tasks could not load is refused before any work
     outcomes = run_bench(plan, catalog, plugins, use_cache=not fresh, executor=ex, progress=progress, debug=_debug_now())
     out_dir = write_report(out, outcomes, title=f"invertkit bench '{matrix_name}'" + (" — adaptive attackers" if adaptive else ""))
     records = [o.record for o in outcomes]

@@ -265,6 +265,9 @@ class Plugins:
         self.registry = Registry()
         self.infos: dict[str, PluginInfo] = {}
         self._pending: dict[str, Any] = {}  # lazy mode: plugin name -> entry point not imported yet
+        #: how :func:`load_plugins` built this set (entry points on or off, the allow and block patterns it
+        #: applied); ``None`` for a set built by hand. Another process (a Ray worker) rebuilds the same set from it.
+        self.loaded_with: dict[str, Any] | None = None
         for kind in KINDS:
             self.registry[kind].loader = self.load
 
@@ -402,6 +405,7 @@ def load_plugins(
     allow_p = _patterns(os.environ.get(ENV_ALLOW) if allow is None else allow)
     block_p = _patterns(os.environ.get(ENV_BLOCK) if block is None else block)
     plugins = Plugins()
+    plugins.loaded_with = {"entry_points": use_entry_points, "allow": allow_p, "block": block_p}
     cache = _read_cache() if lazy and use_entry_points else {}
     to_cache: dict[str, str] = {}  # plugin name -> key: imported now, cached for the next lazy start
     if use_entry_points:
@@ -441,6 +445,30 @@ def load_plugins(
     if updates:
         _write_cache(updates)
     return plugins
+
+
+def worker_env(plugins: Plugins) -> dict[str, str]:
+    """The environment under which :func:`get_plugins`, in another process with the same packages installed,
+    loads the same plugin set as ``plugins``: its allow and block lists. Raises
+    :class:`~invertkit.core.errors.InvertkitError` for a set that cannot be rebuilt that way (plugins added
+    as objects, components registered by hand, entry points off): another process would silently differ."""
+    how = plugins.loaded_with
+    why = ""
+    if how is None:
+        why = "the plugin set was built by hand, not by load_plugins()"
+    elif not how["entry_points"]:
+        why = "the plugin set was loaded without entry points"
+    else:
+        by_hand = sorted({i.name for i in plugins.infos.values() if i.source == "<object>"})
+        for kind in KINDS:
+            by_hand += sorted({f"{kind} '{n}'" for n, e in plugins.registry[kind]._entries.items()
+                               if e.plugin not in plugins.infos or plugins.infos[e.plugin].source == "<object>"})
+        if by_hand:
+            why = f"plugins were registered programmatically ({', '.join(dict.fromkeys(by_hand))})"
+    if why:
+        raise InvertkitError(f"{why}; another process cannot load them. Install them as entry points "
+                             f"(group '{ENTRY_POINT_GROUP}') or use the local executor")
+    return {ENV_ALLOW: ",".join(how["allow"]), ENV_BLOCK: ",".join(how["block"])}  # type: ignore[index]
 
 
 def _impls(pm: pluggy.PluginManager, name: str) -> list[Any]:

@@ -7,9 +7,11 @@ recorded ``failed`` with its error, and the others still run; ``KeyboardInterrup
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ from safetensors.torch import save_file
 
 import invertkit
 from invertkit.core.bench.plan import Cell, Plan
-from invertkit.core.cache import atomic_path, atomic_write_json, cache_dir, record_checksum
+from invertkit.core.cache import atomic_path, atomic_write_json, cache_dir, entry_lock, record_checksum
 from invertkit.core.catalog import Catalog
 from invertkit.core.errors import InvertkitError
 from invertkit.core.interfaces.attack import AttackContext
@@ -120,11 +122,56 @@ def write_cached_cell(key: str, record: dict[str, Any], images: torch.Tensor, la
     atomic_write_json(cells_dir() / f"{key}.json", stored)
 
 
+def natural_dir() -> Path:
+    d = cache_dir() / "natural"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def defended_natural_accuracy(cell: Cell, catalog: Catalog, plugins: Plugins, scenario: Scenario, defense: Any, *,
+                              memo: dict | None = None, shared: bool = True, scope: str | None = None) -> float:
+    """The natural accuracy of ``cell``'s target as defended (a fresh copy, no budget, deployed), on the private
+    test set: computed once per (target, defense, options, seed). ``memo`` keeps it in this process;
+    ``shared``: also in the cache (``natural/``, under a lock), so every executor's workers use the one value;
+    ``scope`` (a fresh bench's run id) keeps a fresh bench from reading what an earlier run stored."""
+    nat_key = (cell.target, cell.defense, json.dumps(cell.defense_options, sort_keys=True), cell.seed)
+    if memo is not None and nat_key in memo:
+        return memo[nat_key]
+
+    def compute() -> float:
+        fresh, _ = load_target(catalog, plugins, cell.target)
+        fresh.budget = None
+        defended = defense.apply(fresh, defense_context(scenario, plugins, seed=cell.seed))
+        return natural_accuracy(defended.label, *scenario.split.private_test)
+
+    if not shared:
+        value = compute()
+    else:
+        key = content_key({"invertkit": invertkit.__version__, "scenario": scenario.keys,
+                           "target": catalog.target(cell.target).model_dump(mode="json"), "defense": cell.defense,
+                           "options": cell.defense_options, "seed": cell.seed, "scope": scope})
+        path = natural_dir() / f"{key}.json"
+        with entry_lock(path, f"the natural accuracy of {cell.target} under {cell.defense}"):
+            value = None
+            try:
+                value = float(json.loads(path.read_text())["natural_acc"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+            if value is None or value != value:  # missing, unreadable or NaN: computed (again)
+                value = compute()
+                atomic_write_json(path, {"natural_acc": value, "target": cell.target, "defense": cell.defense})
+    if memo is not None:
+        memo[nat_key] = value
+    return value
+
+
 def run_cell(cell: Cell, catalog: Catalog, plugins: Plugins, *, use_cache: bool = True,
-             natural_cache: dict | None = None, debug: bool = False) -> CellOutcome:
+             natural_cache: dict | None = None, natural_scope: str | None = None, debug: bool = False) -> CellOutcome:
     """Compute one cell (or read it from the cache). A failure inside the cell becomes a ``failed`` record
     (its error in ``reason``), a ``sys.exit()`` too; with ``debug`` the exception propagates instead,
-    traceback and all. ``KeyboardInterrupt`` always propagates."""
+    traceback and all. ``KeyboardInterrupt`` always propagates. The defended natural accuracy is shared
+    (:func:`defended_natural_accuracy`) through ``natural_cache`` and, with ``use_cache`` or a
+    ``natural_scope``, through the cache."""
     base = {"attack": cell.attack, "defense": cell.defense, "target": cell.target, "mode": cell.mode}
     if cell.status == "skipped":
         return CellOutcome({**base, "status": "skipped", "reason": cell.reason, "metrics": {}})
@@ -164,16 +211,9 @@ def run_cell(cell: Cell, catalog: Catalog, plugins: Plugins, *, use_cache: bool 
             metric.update(result.images, result.labels)
             metrics.update(metric.compute())
         stage = "the natural accuracy"
-        nat_key = (cell.target, cell.defense, json.dumps(cell.defense_options, sort_keys=True))
-        if natural_cache is not None and nat_key in natural_cache:
-            metrics["natural_acc"] = natural_cache[nat_key]
-        else:
-            fresh, _ = load_target(catalog, plugins, cell.target)
-            fresh.budget = None
-            defended = defense.apply(fresh, defense_context(scenario, plugins, seed=cell.seed))
-            metrics["natural_acc"] = natural_accuracy(defended.label, *scenario.split.private_test)
-            if natural_cache is not None:
-                natural_cache[nat_key] = metrics["natural_acc"]
+        metrics["natural_acc"] = defended_natural_accuracy(
+            cell, catalog, plugins, scenario, defense, memo=natural_cache,
+            shared=use_cache or natural_scope is not None, scope=natural_scope)
         # every query behind the cell: the prior fitted to the target, derived students, the search itself
         metrics["queries"] = attacked.queries
         metrics["prior_queries"] = prior_queries
@@ -218,40 +258,107 @@ class LocalExecutor:
 
 
 class RayExecutor:
-    """Runs cells as Ray tasks (one GPU each when GPUs are present); ``RAY_ADDRESS`` selects a cluster.
+    """Runs each cell as one Ray task (one CPU; one GPU too where this process sees CUDA), computing what the
+    local executor computes: the same catalog (sent to the tasks), the same plugins (each task loads them
+    from the entry points under the caller's allow/block lists; a set with plugins registered
+    programmatically is refused, since a task could not load it), the cell's options (carried by the cell),
+    and the same cache (``INVERTKIT_CACHE`` as this process resolves it), through which models trained once
+    and each defended natural accuracy are shared. Outcomes come back in plan order.
 
-    Each task loads the plugins and the scenario itself; trained models come from the shared cache, so
-    point ``INVERTKIT_CACHE`` at a shared filesystem on a multi-node cluster.
+    ``address`` (or ``RAY_ADDRESS``) connects to a running cluster, whose nodes then need invertkit and the
+    plugins installed and the cache on a shared filesystem; without one a local Ray instance with
+    ``num_cpus`` CPUs is started and shut down at the end. When Ray is already initialized it is used as is.
     """
 
     name = "ray"
 
-    def __init__(self, registry_path: str | None) -> None:
+    def __init__(self, registry_path: str | None = None, *, address: str | None = None, num_cpus: int = 2) -> None:
         try:
             import ray
         except ImportError:
             raise InvertkitError("the ray executor needs Ray: pip install 'invertkit[ray]'") from None
         self.ray = ray
         self.registry_path = registry_path
+        self.address = address
+        self.num_cpus = num_cpus
         self.use_cache = True
+        self.debug = False
+        self.natural_scope: str | None = None
+        self.catalog: Catalog | None = None
+        self.plugins: Plugins | None = None
+
+    def bind(self, *, catalog: Catalog, plugins: Plugins, use_cache: bool, debug: bool,
+             natural_scope: str | None) -> None:
+        """What :func:`run_bench` runs with (the local executor gets it inside ``fn``)."""
+        self.catalog, self.plugins, self.use_cache, self.debug = catalog, plugins, use_cache, debug
+        self.natural_scope = natural_scope
+
+    def worker_env(self) -> dict[str, str]:
+        """The environment of every task: the plugin lists, the cache, one thread per task."""
+        from invertkit.core.plugins import get_plugins, worker_env
+
+        env = worker_env(self.plugins if self.plugins is not None else get_plugins())
+        return {**env, "INVERTKIT_CACHE": str(cache_dir().resolve()), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+    def start(self) -> bool:
+        """Initialize Ray unless it is; returns whether this call did (and so must shut it down)."""
+        ray = self.ray
+        if ray.is_initialized():
+            return False
+        address = self.address or os.environ.get("RAY_ADDRESS") or None
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False)
+        return True
 
     def map(self, cells: list[Cell], fn: Callable[[Cell], CellOutcome]):  # noqa: ANN201
         ray = self.ray
-        if not ray.is_initialized():
-            ray.init(ignore_reinit_error=True, log_to_driver=False)
-        gpus = 1 if torch.cuda.is_available() else 0
-        remote = ray.remote(num_gpus=gpus)(_ray_cell)
-        refs = [remote.remote(c, self.registry_path, self.use_cache) for c in cells]
-        for ref in refs:
-            record, images, labels = ray.get(ref)
-            yield CellOutcome(record, images, labels)
+        env = self.worker_env()  # refuses a plugin set the tasks could not load, before starting anything
+        catalog = self.catalog
+        if catalog is None:
+            from invertkit.core.catalog import load_catalog
+
+            catalog = load_catalog(self.registry_path)
+        started = self.start()
+        refs: list[Any] = []
+        try:
+            remote = ray.remote(_ray_cell).options(num_cpus=1, num_gpus=1 if torch.cuda.is_available() else 0,
+                                                   runtime_env={"env_vars": env})
+            cat_ref = ray.put(catalog)
+            refs = [remote.remote(c, cat_ref, env, self.use_cache, self.natural_scope, self.debug) for c in cells]
+            for i, ref in enumerate(refs):
+                record, images, labels = ray.get(ref)
+                refs[i] = None
+                yield CellOutcome(record, images, labels)
+        finally:
+            if started:
+                ray.shutdown()
+            else:  # a cluster someone else started: stop what this bench left running there
+                for ref in refs:
+                    if ref is not None:
+                        try:
+                            ray.cancel(ref, force=True)
+                        except Exception:  # noqa: BLE001 - finished meanwhile, or gone
+                            pass
 
 
-def _ray_cell(cell: Cell, registry_path: str | None, use_cache: bool):  # noqa: ANN202
-    from invertkit.core.catalog import load_catalog
-    from invertkit.core.plugins import get_plugins
+_WORKER_PLUGINS: dict[tuple[str, str], Plugins] = {}
 
-    out = run_cell(cell, load_catalog(registry_path), get_plugins(), use_cache=use_cache)
+
+def _ray_cell(cell: Cell, catalog: Catalog, env: dict[str, str], use_cache: bool, natural_scope: str | None,
+              debug: bool):  # noqa: ANN202
+    """One cell in a Ray worker: the caller's environment (also set at the worker's start), one torch thread,
+    the plugin set the caller's lists select (loaded once per worker and lists), then :func:`run_cell`."""
+    from invertkit.core.plugins import ENV_ALLOW, ENV_BLOCK, load_plugins
+
+    os.environ.update(env)
+    torch.set_num_threads(1)
+    lists = (env.get(ENV_ALLOW, ""), env.get(ENV_BLOCK, ""))
+    plugins = _WORKER_PLUGINS.get(lists)
+    if plugins is None:
+        plugins = _WORKER_PLUGINS[lists] = load_plugins(allow=lists[0], block=lists[1])
+    out = run_cell(cell, catalog, plugins, use_cache=use_cache, natural_scope=natural_scope, debug=debug)
     return out.record, out.images, out.labels
 
 
@@ -279,13 +386,16 @@ def run_bench(plan: Plan, catalog: Catalog, plugins: Plugins, *, use_cache: bool
               debug: bool = False) -> list[CellOutcome]:  # noqa: ANN001
     """Run every cell of ``plan``; returns outcomes in plan order (skipped cells included)."""
     executor = executor or LocalExecutor()
-    if hasattr(executor, "use_cache"):
-        executor.use_cache = use_cache
+    # a fresh bench shares each natural accuracy among its own cells (and workers), never an earlier run's
+    scope = None if use_cache or isinstance(executor, LocalExecutor) else uuid.uuid4().hex
+    if hasattr(executor, "bind"):
+        executor.bind(catalog=catalog, plugins=plugins, use_cache=use_cache, debug=debug, natural_scope=scope)
     plugins.notify("invertkit_bench_start", plan=plan)
     natural: dict = {}
     runnable = plan.runnable
     done: dict[int, CellOutcome] = {}
-    fn = lambda c: run_cell(c, catalog, plugins, use_cache=use_cache, natural_cache=natural, debug=debug)  # noqa: E731
+    fn = lambda c: run_cell(c, catalog, plugins, use_cache=use_cache, natural_cache=natural,  # noqa: E731
+                            natural_scope=scope, debug=debug)
     for i, outcome in enumerate(executor.map(runnable, fn)):
         done[id(runnable[i])] = outcome
         plugins.notify("invertkit_bench_cell_done", record=outcome.record)
