@@ -156,7 +156,7 @@ def skip_reason(catalog: Catalog, plugins: Plugins, a_cls: Any, defense: Any, ta
                 adaptive: bool = False) -> str:
     """Why attack class ``a_cls`` cannot run on ``target`` under ``defense`` (an instance), or ``""``. The one
     place the bench and ``cli.py run`` decide it."""
-    a, d, t = a_cls.name, defense.name, target
+    d, t = defense.name, target
     left = defense.granted(target_caps, adaptive=adaptive)
     missing = frozenset(a_cls.requires) - left
     if C.GRAD in missing and defense.filters_api and C.GRAD in target_caps and not adaptive:

@@ -15,9 +15,11 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from invertkit.core.errors import UsageError
+from invertkit.core.interfaces.config import ComponentConfig
 from invertkit.core.interfaces.defense import DefenseContext, TrainingDefense
 from invertkit.core.interfaces.target import TargetModel, retarget
 from invertkit.core.zoo.train import accuracy, augment, seed_everything
@@ -148,6 +150,14 @@ def activation_modules(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(m, ACTIVATIONS)]
 
 
+class RecipeOverrides(ComponentConfig):
+    """The training hyper-parameters a training-time defense may set; ``None`` keeps the target recipe's."""
+
+    epochs: int | None = Field(None, ge=1, description="Training epochs; None: the target recipe's.")
+    lr: float | None = Field(None, gt=0.0, description="Adam learning rate; None: the target recipe's.")
+    batch_size: int | None = Field(None, ge=1, description="Mini-batch size; None: the target recipe's.")
+
+
 class DefenseTraining(TrainingDefense):
     """A :class:`TrainingDefense` whose network is trained once per content key and cached.
 
@@ -185,6 +195,14 @@ class DefenseTraining(TrainingDefense):
         """Hook run on the (trained or loaded) network before it is wrapped; default: nothing."""
 
     # --------------------------------------------------------------- helpers for subclasses
+    def start(self, ctx: DefenseContext) -> tuple[dict[str, Any], nn.Module]:
+        """What every training starts with: the recipe's hyper-parameters (the config's ``epochs``, ``lr``,
+        ``batch_size`` ... where set, see :func:`recipe_hparams`) and an empty network of the defended
+        architecture, built under the training seed."""
+        hp = recipe_hparams(self.config, ctx)
+        torch.manual_seed(self.training_seed(ctx))
+        return hp, self.build(ctx)
+
     @staticmethod
     def training_seed(ctx: DefenseContext) -> int:
         recipe_seed = int(getattr(ctx.recipe, "seed", 0) or 0)

@@ -52,9 +52,8 @@ from torch import Tensor, nn
 
 from invertkit.core.errors import UsageError
 from invertkit.core.hookspecs import hookimpl
-from invertkit.core.interfaces.config import ComponentConfig
 from invertkit.core.interfaces.defense import DefenseContext
-from invertkit.core.zoo.defended_training import DefenseTraining, activation_modules, fit, recipe_hparams
+from invertkit.core.zoo.defended_training import DefenseTraining, RecipeOverrides, activation_modules, fit
 
 #: the ridge of the normalised HSIC's inverses, times the batch size (authors' code)
 EPS = 1e-5
@@ -147,7 +146,7 @@ class _Hiddens:
 class BiDO(DefenseTraining):
     """Train the target with BiDO-HSIC: CE + sum_j (lambda_x * nHSIC(X, Z_j) - lambda_y * nHSIC(Z_j, Y))."""
 
-    class Config(ComponentConfig):
+    class Config(RecipeOverrides):
         lambda_x: float = Field(
             0.05, ge=0.0,
             description="Weight of the input-latent dependency, minimised (the strength: larger is stronger). "
@@ -168,8 +167,6 @@ class BiDO(DefenseTraining):
             "its activation, and the penultimate features; the authors' networks) or 'activations' (every "
             "activation's output, before pooling).",
         )
-        epochs: int | None = Field(None, ge=1, description="Training epochs; None: the target recipe's.")
-        lr: float | None = Field(None, gt=0.0, description="Adam learning rate; None: the target recipe's.")
         batch_size: int | None = Field(None, ge=2, description="Mini-batch size; None: the target recipe's.")
 
     name: ClassVar[str] = "bido"
@@ -182,10 +179,7 @@ class BiDO(DefenseTraining):
 
     def train(self, ctx: DefenseContext) -> nn.Module:
         cfg = self.config
-        hp = recipe_hparams(cfg, ctx)
-        seed = self.training_seed(ctx)
-        torch.manual_seed(seed)
-        net = ctx.new_model()  # type: ignore[misc]
+        hp, net = self.start(ctx)
         k = int(ctx.data.num_classes)
         hiddens = _Hiddens(net, cfg.layers)
 
@@ -204,7 +198,7 @@ class BiDO(DefenseTraining):
             return total
 
         try:
-            fit(net, loss, ctx.data.private_train, seed=seed, **hp)
+            fit(net, loss, ctx.data.private_train, seed=self.training_seed(ctx), **hp)
         finally:
             hiddens.close()
         return net

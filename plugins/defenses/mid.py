@@ -45,10 +45,9 @@ from torch import Tensor, nn
 
 from invertkit.core.errors import UsageError
 from invertkit.core.hookspecs import hookimpl
-from invertkit.core.interfaces.config import ComponentConfig
 from invertkit.core.interfaces.defense import DefenseContext
 from invertkit.core.interfaces.target import split_classifier
-from invertkit.core.zoo.defended_training import DefenseTraining, fit, recipe_hparams
+from invertkit.core.zoo.defended_training import DefenseTraining, RecipeOverrides, fit
 
 
 class VIBClassifier(nn.Module):
@@ -109,7 +108,7 @@ def information_loss(mu: Tensor, std: Tensor) -> Tensor:
 class MID(DefenseTraining):
     """Train the target with a variational information bottleneck before its head (loss CE + beta * KL)."""
 
-    class Config(ComponentConfig):
+    class Config(RecipeOverrides):
         beta: float = Field(
             0.003,
             ge=0.0,
@@ -122,9 +121,6 @@ class MID(DefenseTraining):
             description="'sample': the released model samples z = mu + std * eps at test time too, one sample per "
             "call (the authors' code; stochastic); 'mean': it classifies mu (deterministic).",
         )
-        epochs: int | None = Field(None, ge=1, description="Training epochs; None: the target recipe's.")
-        lr: float | None = Field(None, gt=0.0, description="Adam learning rate; None: the target recipe's.")
-        batch_size: int | None = Field(None, ge=1, description="Mini-batch size; None: the target recipe's.")
 
     name: ClassVar[str] = "mid"
     threat_model: ClassVar[str] = "training-time"
@@ -141,17 +137,14 @@ class MID(DefenseTraining):
                              self.config.predict)
 
     def train(self, ctx: DefenseContext) -> nn.Module:
-        hp = recipe_hparams(self.config, ctx)
-        seed = self.training_seed(ctx)
-        torch.manual_seed(seed)
-        net = self.build(ctx)
+        hp, net = self.start(ctx)
         beta = float(self.config.beta)
 
         def loss(model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> Tensor:
             logits, mu, std = model.stochastic(x)  # type: ignore[operator]
             return F.cross_entropy(logits, y) + beta * information_loss(mu, std)
 
-        fit(net, loss, ctx.data.private_train, seed=seed, **hp)
+        fit(net, loss, ctx.data.private_train, seed=self.training_seed(ctx), **hp)
         return net
 
     def report(self) -> dict[str, Any]:

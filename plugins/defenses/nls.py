@@ -43,15 +43,13 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar, Literal
 
-import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
 from invertkit.core.hookspecs import hookimpl
-from invertkit.core.interfaces.config import ComponentConfig
 from invertkit.core.interfaces.defense import DefenseContext
-from invertkit.core.zoo.defended_training import DefenseTraining, fit, recipe_hparams
+from invertkit.core.zoo.defended_training import DefenseTraining, RecipeOverrides, fit
 
 
 def _boundary(fraction: float, epochs: int) -> int:
@@ -90,7 +88,7 @@ def smoothed_cross_entropy(logits: Tensor, y: Tensor, alpha: float) -> Tensor:
 class NLS(DefenseTraining):
     """Train the target with (negative) label smoothing under a warm-up schedule."""
 
-    class Config(ComponentConfig):
+    class Config(RecipeOverrides):
         alpha: float = Field(
             -0.05,
             ge=-1.0,
@@ -112,9 +110,6 @@ class NLS(DefenseTraining):
             description="Fraction of the epochs of the ramp; alpha in full after warmup + ramp. Official: 0.25 "
             "(epochs 50-74 of 100).",
         )
-        epochs: int | None = Field(None, ge=1, description="Training epochs; None: the target recipe's.")
-        lr: float | None = Field(None, gt=0.0, description="Adam learning rate; None: the target recipe's.")
-        batch_size: int | None = Field(None, ge=1, description="Mini-batch size; None: the target recipe's.")
 
     name: ClassVar[str] = "nls"
     threat_model: ClassVar[str] = "training-time"
@@ -126,17 +121,14 @@ class NLS(DefenseTraining):
 
     def train(self, ctx: DefenseContext) -> nn.Module:
         cfg = self.config
-        hp = recipe_hparams(cfg, ctx)
-        seed = self.training_seed(ctx)
-        torch.manual_seed(seed)
-        net = ctx.new_model()  # type: ignore[misc]
+        hp, net = self.start(ctx)
         epochs = int(hp["epochs"])
 
         def loss(model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> Tensor:
             a = smoothing_factor(epoch, epochs, float(cfg.alpha), float(cfg.warmup), float(cfg.ramp), cfg.schedule)
             return smoothed_cross_entropy(model(x), y, a)
 
-        fit(net, loss, ctx.data.private_train, seed=seed, **hp)
+        fit(net, loss, ctx.data.private_train, seed=self.training_seed(ctx), **hp)
         return net
 
     def report(self) -> dict[str, Any]:

@@ -52,7 +52,7 @@ from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.capability import Capability
 from invertkit.core.interfaces.config import ComponentConfig
 from invertkit.core.interfaces.prior import Prior, PriorBuilder
-from invertkit.plugins.priors.wgan_gp import Generator, LayeredDecoding, conv_trunk
+from invertkit.plugins.priors.wgan_gp import Generator, GeneratorPrior, conv_trunk
 
 
 # ------------------------------------------------------------------------------------------------ losses
@@ -140,30 +140,19 @@ class KPlusOneDiscriminator(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------- prior
-class KEDMIPrior(LayeredDecoding, Prior):
+class KEDMIPrior(GeneratorPrior):
     """KEDMI's generator with its K+1 discriminator; ``realism = log D(x)`` (see the module docstring)."""
 
     name = "kedmi-gan"
     has_discriminator = True
 
     def __init__(self, generator: Generator, discriminator: KPlusOneDiscriminator, latent_dim: int) -> None:
-        self.generator = generator.eval()
-        self.discriminator = discriminator.eval()
-        for p in [*generator.parameters(), *discriminator.parameters()]:
-            p.requires_grad_(False)
-            p.grad = None
-        self.latent_shape = (latent_dim,)
-        self.image_shape = generator.image_shape  # type: ignore[assignment]
+        super().__init__(generator, discriminator, latent_dim)
+        self.discriminator = discriminator
         self.num_classes = discriminator.num_classes
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.generator.parameters()).device
-
     def decode(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        if z.dim() != 2 or z.shape[1] != self.latent_shape[0]:
-            raise ShapeError(f"prior '{self.name}' decodes latents of shape (N, {self.latent_shape[0]}), got {tuple(z.shape)}")
-        return self.generator(z)
+        return self.generator(self.check_latent(z))
 
     def realism(self, x: Tensor) -> Tensor:
         return realness(self.discriminator(x)[1])

@@ -47,7 +47,7 @@ from invertkit.core.interfaces.capability import Capability
 from invertkit.core.interfaces.config import ComponentConfig
 from invertkit.core.interfaces.prior import Prior, PriorBuilder
 from invertkit.plugins.priors.kedmi_gan import target_log_probs
-from invertkit.plugins.priors.wgan_gp import Generator, LayeredDecoding, conv_trunk
+from invertkit.plugins.priors.wgan_gp import Generator, GeneratorPrior, conv_trunk
 
 
 # ----------------------------------------------------------------------------------------- pseudo labels
@@ -154,7 +154,7 @@ class ProjectionDiscriminator(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------- prior
-class PLGPrior(LayeredDecoding, Prior):
+class PLGPrior(GeneratorPrior):
     """PLG-MI's conditional generator: ``decode(z, labels)`` draws class ``labels`` (target classes).
 
     Without labels, latent ``i`` is decoded as class ``i mod K`` (an even spread over the classes).
@@ -165,18 +165,9 @@ class PLGPrior(LayeredDecoding, Prior):
     has_discriminator = False
 
     def __init__(self, generator: Generator, discriminator: ProjectionDiscriminator, latent_dim: int) -> None:
-        self.generator = generator.eval()
-        self.discriminator = discriminator.eval()
-        for p in [*generator.parameters(), *discriminator.parameters()]:
-            p.requires_grad_(False)
-            p.grad = None
-        self.latent_shape = (latent_dim,)
-        self.image_shape = generator.image_shape  # type: ignore[assignment]
+        super().__init__(generator, discriminator, latent_dim)
+        self.discriminator = discriminator
         self.num_classes = discriminator.num_classes
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.generator.parameters()).device
 
     def _labels(self, n: int, labels: Tensor | None) -> Tensor:
         if labels is None:
@@ -190,9 +181,7 @@ class PLGPrior(LayeredDecoding, Prior):
         return labels
 
     def decode(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        if z.dim() != 2 or z.shape[1] != self.latent_shape[0]:
-            raise ShapeError(f"prior '{self.name}' decodes latents of shape (N, {self.latent_shape[0]}), got {tuple(z.shape)}")
-        return self.generator(z, self._labels(len(z), labels))
+        return self.generator(self.check_latent(z), self._labels(len(z), labels))
 
     def conditional_realism(self, x: Tensor, labels: Tensor) -> Tensor:
         """The projection discriminator's score ``D(x, y)`` (higher: more realistic for class ``y``)."""

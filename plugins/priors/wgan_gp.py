@@ -154,34 +154,49 @@ class LayeredDecoding:
     def _block_labels(self, n: int, labels: Tensor | None) -> Tensor | None:
         return None
 
-    def decode_to(self, z: Tensor, k: int, labels: Tensor | None = None) -> Tensor:
-        self.check_block(k)  # type: ignore[attr-defined]
+    def check_latent(self, z: Tensor) -> Tensor:
         if z.dim() != 2 or z.shape[1] != self.latent_shape[0]:
             raise ShapeError(f"prior '{self.name}' decodes latents of shape (N, {self.latent_shape[0]}), got {tuple(z.shape)}")
-        return self.generator.forward_to(z, k, self._block_labels(len(z), labels))
+        return z
+
+    def decode_to(self, z: Tensor, k: int, labels: Tensor | None = None) -> Tensor:
+        self.check_block(k)  # type: ignore[attr-defined]
+        return self.generator.forward_to(self.check_latent(z), k, self._block_labels(len(z), labels))
 
     def decode_from(self, h: Tensor, k: int, labels: Tensor | None = None, *, to: int | None = None) -> Tensor:
         self.check_block(k, to)  # type: ignore[attr-defined]
         return self.generator.forward_from(h, k, self._block_labels(len(h), labels), to=to)
 
 
-class GANPrior(LayeredDecoding, Prior):
-    """A generator decoding ``z ~ N(0, I)`` with a critic whose score is the prior's realism."""
+class GeneratorPrior(LayeredDecoding, Prior):
+    """What the priors over a trained :class:`Generator` share (wgan-gp, kedmi-gan, plg-cgan): the generator and
+    its critic or discriminator frozen in eval mode (an attack's backward pass must not train them), the latent
+    and image shapes, the device."""
 
-    name = "wgan-gp"
-    has_discriminator = True
-
-    def __init__(self, generator: Generator, critic: Critic, latent_dim: int):
-        self.generator = generator.eval()
-        self.critic = critic.eval()
-        for p in [*generator.parameters(), *critic.parameters()]:
-            p.requires_grad_(False)
+    def __init__(self, generator: Generator, scorer: nn.Module, latent_dim: int) -> None:
+        for net in (generator, scorer):
+            net.eval()
+            for p in net.parameters():
+                p.requires_grad_(False)
+                p.grad = None
+        self.generator = generator
         self.latent_shape = (latent_dim,)
         self.image_shape = generator.image_shape  # type: ignore[assignment]
 
     @property
     def device(self) -> torch.device:
         return next(self.generator.parameters()).device
+
+
+class GANPrior(GeneratorPrior):
+    """A generator decoding ``z ~ N(0, I)`` with a critic whose score is the prior's realism."""
+
+    name = "wgan-gp"
+    has_discriminator = True
+
+    def __init__(self, generator: Generator, critic: Critic, latent_dim: int):
+        super().__init__(generator, critic, latent_dim)
+        self.critic = critic
 
     def decode(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         return self.generator(z)
