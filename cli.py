@@ -8,6 +8,7 @@ bad options, malformed files) or 1 (runtime); ``--debug`` shows the traceback in
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -468,8 +469,9 @@ def bench_cmd(matrix_name: str, attacks: str | None, defenses: str | None, targe
     if ex is not None:
         ex.worker_env()  # a plugin set the tasks could not load is refused before any work
     outcomes = run_bench(plan, catalog, plugins, use_cache=not fresh, executor=ex, progress=progress, debug=_debug_now())
-    out_dir = write_report(out, outcomes, title=f"invertkit bench '{matrix_name}'" + (" — adaptive attackers" if adaptive else ""))
     records = [o.record for o in outcomes]
+    out_dir = write_report(out, outcomes, title=f"invertkit bench '{matrix_name}'" + (" — adaptive attackers" if adaptive else ""),
+                           references=_private_references(catalog, plugins, records), command=shlex.join(sys.argv))
     plugins.notify("invertkit_bench_end", records=records, out_dir=str(out_dir))
     _print_matrix(records)
     failed = [r for r in records if r["status"] == "failed"]
@@ -480,6 +482,23 @@ def bench_cmd(matrix_name: str, attacks: str | None, defenses: str | None, targe
         first = failed[0]
         raise InvertkitError(f"{len(failed)} of {len(plan.runnable)} cells failed (first: {first['attack']} x "
                              f"{first['defense']} x {first['target']}: {first['reason']}); see {out_dir}/results.jsonl")
+
+
+def _private_references(catalog: Any, plugins: Any, records: list[dict[str, Any]]) -> dict[str, tuple]:
+    """Each target with a finished cell -> its private training split (images, labels, dataset classes): the
+    evaluator's side the report shows beside the reconstructions. A target whose scenario cannot be loaded
+    here is left out (a note on stderr); its reconstructions are shown alone."""
+    from invertkit.core.bench.runner import load_target
+
+    refs: dict[str, tuple] = {}
+    for t in dict.fromkeys(r["target"] for r in records if r["status"] == "ok"):
+        try:
+            _, scenario = load_target(catalog, plugins, t)
+        except Exception as exc:  # noqa: BLE001 - the report is still written, without these images
+            click.echo(f"note: the report shows no private images of {t}: {type(exc).__name__}: {exc}", err=True)
+            continue
+        refs[t] = (*scenario.split.private_train, scenario.split.private_classes)
+    return refs
 
 
 @cli.command("train")
