@@ -106,6 +106,10 @@ def _plugins(*, lazy: bool = False):  # noqa: ANN202
     from invertkit.core.plugins import get_plugins
 
     plugins = get_plugins(lazy=lazy)
+    if not lazy:  # the commands that compute: take the cores that are free, not all of them
+        from invertkit.core.threads import apply_threads
+
+        apply_threads()
     for info in plugins.failures():
         click.echo(f"warning: plugin '{info.name}' ({info.source}) failed: {info.error}", err=True)
     return plugins
