@@ -14,14 +14,17 @@ TINY_REGISTRY = TESTS / "data" / "registry-tiny.toml"
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
-    """Every test session trains into (and reads from) its own cache, never the user's."""
-    old = os.environ.get("INVERTKIT_CACHE")
+    """Every test session trains into (and reads from) its own cache, never the user's; and every command it
+    runs, in this process or a subprocess, uses one torch thread (INVERTKIT_THREADS), as the test modules do."""
+    saved = {k: os.environ.get(k) for k in ("INVERTKIT_CACHE", "INVERTKIT_THREADS")}
     os.environ["INVERTKIT_CACHE"] = str(tmp_path_factory.mktemp("invertkit-cache"))
+    os.environ["INVERTKIT_THREADS"] = "1"
     yield
-    if old is None:
-        os.environ.pop("INVERTKIT_CACHE", None)
-    else:
-        os.environ["INVERTKIT_CACHE"] = old
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture(scope="session")
