@@ -20,14 +20,6 @@ from invertkit.core.errors import UsageError
 from invertkit.core.interfaces.metric import MetricContext
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # ------------------------------------------------------------------ hand-made judges
 class LinearJudge(nn.Module):
     """Features: the first three pixels of a 4-pixel image; logits: ``scale * f[:, perm]``."""
