@@ -8,9 +8,10 @@ averages GMI's cross-entropy identity loss over the target and the K students:
 
     L(z) = -D(G(z)) + lambda * 1/(K+1) * sum_{M in {T, S_1..S_K}} CE(M(G(z)), y)       (lambda = 100)
 
-The rest is GMI (Nesterov SGD lr 0.02, momentum 0.9, 2,400 iterations as the official recovery scripts, clipped z). Needs
-``self.context.public_images`` (and uses the cached students of ``context.scenario`` when the attacked
-network is the scenario's own target).
+The rest is GMI (Nesterov SGD lr 0.02, momentum 0.9, 2,400 iterations as the official recovery scripts,
+clipped z). Needs ``self.context.public_images``. The students are distilled from the target as the attacker
+sees it (every public image they are shown is a query) and, through ``context.cache``, trained once per
+(target, defense) and paid for again on re-use.
 """
 
 from __future__ import annotations
