@@ -9,8 +9,8 @@ top-k restriction of Shokri et al. (S&P 2017, https://arxiv.org/abs/1610.05820).
 Release: every confidence below ``tau`` becomes exactly zero, except the top class, which is always
 released (a row never empties), and the kept values are scaled to sum to one, so their ratios and the label
 are those of the undefended vector. ``tau >= 0.5`` therefore releases a one-hot label for every row (at most
-one class can reach it). Gradients pass straight through (the forward value is the cut vector, the backward
-pass that of the undefended one).
+one class can reach it). As deployed, an API releases no gradient; an adaptive attacker (``--adaptive``)
+differentiates it by BPDA (the forward value is the cut vector, the backward pass that of the undefended one).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class ConfidenceCutoff(OutputDefense):
     name: ClassVar[str] = "confidence-cutoff"
     threat_model: ClassVar[str] = "output restriction"
     summary: ClassVar[str] = (
-        "Zero confidences below tau (the top class always kept) and renormalise; gradients pass straight through."
+        "Zero confidences below tau (the top class always kept) and renormalise; an API: no gradients (adaptive: BPDA)."
     )
     paper: ClassVar[str] = "https://docs.aws.amazon.com/rekognition/latest/APIReference/API_DetectLabels.html"
     straight_through: ClassVar[bool] = True

@@ -55,7 +55,7 @@ class Rounding(OutputDefense):
     threat_model: ClassVar[str] = "output perturbation"
     summary: ClassVar[str] = (
         "Round confidences to `decimals` places (largest-remainder, rows stay exact distributions); "
-        "gradients pass straight through."
+        "an API: no gradients (an adaptive attacker gets BPDA)."
     )
     paper: ClassVar[str] = "https://doi.org/10.1145/2810103.2813677"
     straight_through: ClassVar[bool] = True

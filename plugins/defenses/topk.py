@@ -31,7 +31,7 @@ class TopK(OutputDefense):
 
     name: ClassVar[str] = "top-k"
     threat_model: ClassVar[str] = "output perturbation"
-    summary: ClassVar[str] = "Release only the k largest confidences (renormalised); gradients pass straight through."
+    summary: ClassVar[str] = "Release only the k largest confidences (renormalised); an API: no gradients (an adaptive attacker gets BPDA)."
     paper: ClassVar[str] = "https://arxiv.org/abs/1610.05820"
     straight_through: ClassVar[bool] = True
     gradient: ClassVar[str] = "straight-through"
