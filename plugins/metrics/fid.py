@@ -38,12 +38,11 @@ class InceptionConfig(ComponentConfig):
     batch_size: int = Field(64, ge=1, le=4096, description="images per Inception forward pass")
 
 
-class FID(Metric):
-    name = "fid"
-    paper = "https://arxiv.org/abs/1706.08500"
-    keys = ("fid",)
-    higher_is_better = {"fid": False}
-    summary = "Fréchet Inception Distance (local pytorch-fid Inception) to the attacked identities' private images."
+class InceptionSetMetric(Metric):
+    """A set metric of the reconstructions' Inception features against the attacked identities' private images
+    (FID, KID): the local Inception loaded once, features accumulated batch by batch; a subclass states
+    :meth:`score` of the generated features against the reference images (at least 2 of each, else NaN)."""
+
     Config = InceptionConfig
 
     def __init__(self, ctx: MetricContext, config=None) -> None:  # noqa: ANN001
@@ -61,7 +60,21 @@ class FID(Metric):
         gen = torch.cat(self.feats) if self.feats else torch.zeros(0, 0)
         ref_images = reference_images(self.ctx)
         if len(gen) < 2 or len(ref_images) < 2:
-            return {"fid": float("nan")}
+            return {k: float("nan") for k in self.keys}
+        return self.score(gen, ref_images)
+
+    def score(self, gen: Tensor, ref_images: Tensor) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class FID(InceptionSetMetric):
+    name = "fid"
+    paper = "https://arxiv.org/abs/1706.08500"
+    keys = ("fid",)
+    higher_is_better = {"fid": False}
+    summary = "Fréchet Inception Distance (local pytorch-fid Inception) to the attacked identities' private images."
+
+    def score(self, gen: Tensor, ref_images: Tensor) -> dict[str, float]:
         ref = reference_stats(self.net, ref_images, self.ctx.device, self.config.batch_size)
         return {"fid": frechet_distance(GaussianStats.from_features(gen), ref)}
 

@@ -12,17 +12,15 @@ Subsets are drawn with a seeded generator, so a value is reproducible."""
 
 from __future__ import annotations
 
-import torch
 from pydantic import Field
 from torch import Tensor
 
 from invertkit.core.hookspecs import hookimpl
-from invertkit.core.interfaces.metric import Metric, MetricContext
-from invertkit.core.metrics import features, fid_inception_for, kid, reference_features, reference_images
-from invertkit.plugins.metrics.fid import InceptionConfig
+from invertkit.core.metrics import kid, reference_features
+from invertkit.plugins.metrics.fid import InceptionConfig, InceptionSetMetric
 
 
-class KID(Metric):
+class KID(InceptionSetMetric):
     name = "kid"
     paper = "https://arxiv.org/abs/1801.01401"
     keys = ("kid", "kid_std")
@@ -34,22 +32,7 @@ class KID(Metric):
         subset_size: int = Field(1000, ge=2, le=100000, description="samples per subset (capped at the set sizes)")
         seed: int = Field(0, ge=0, description="seed of the subset draws")
 
-    def __init__(self, ctx: MetricContext, config=None) -> None:  # noqa: ANN001
-        super().__init__(ctx, config)
-        self.net = fid_inception_for(self.config.weights, ctx.device)
-
-    def reset(self) -> None:
-        self.feats: list[Tensor] = []
-
-    def update(self, images: Tensor, labels: Tensor) -> None:
-        if len(images):
-            self.feats.append(features(self.net, images, self.ctx.device, self.config.batch_size))
-
-    def compute(self) -> dict[str, float]:
-        gen = torch.cat(self.feats) if self.feats else torch.zeros(0, 0)
-        ref_images = reference_images(self.ctx)
-        if len(gen) < 2 or len(ref_images) < 2:
-            return {"kid": float("nan"), "kid_std": float("nan")}
+    def score(self, gen: Tensor, ref_images: Tensor) -> dict[str, float]:
         ref = reference_features(self.net, ref_images, self.ctx.device, self.config.batch_size)
         c = self.config
         mean, std = kid(gen, ref, c.subsets, c.subset_size, c.seed)
