@@ -27,6 +27,21 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
             os.environ[k] = v
 
 
+def tiny_registry_with(folder: Path, extra_toml: str, weights: dict | None = None) -> Path:
+    """A copy of the tiny registry plus ``extra_toml`` (dedented) in ``folder``; ``weights`` (a state dict) is
+    saved first as ``folder/weights.safetensors``, which ``{weights}`` in ``extra_toml`` names."""
+    import textwrap
+
+    if weights is not None:
+        from safetensors.torch import save_file
+
+        save_file(weights, str(folder / "weights.safetensors"))
+    extra = textwrap.dedent(extra_toml).replace("{weights}", (folder / "weights.safetensors").as_posix())
+    registry = folder / "registry.toml"
+    registry.write_text(TINY_REGISTRY.read_text() + extra)
+    return registry
+
+
 @pytest.fixture(scope="session")
 def tiny_registry() -> Path:
     return TINY_REGISTRY

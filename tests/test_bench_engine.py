@@ -20,7 +20,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +37,8 @@ from invertkit.core.interfaces.capability import Capability
 from invertkit.core.interfaces.results import AttackResult
 from invertkit.core.interfaces.target import TorchTarget
 from invertkit.core.testing.contracts import torch_threads
+
+from conftest import tiny_registry_with  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / "cli.py"
@@ -210,18 +211,14 @@ def test_a_label_from_non_finite_scores_is_refused() -> None:
 
 
 def test_a_nan_target_fails_its_cell_and_its_run(scenario, tmp_path: Path) -> None:  # noqa: ANN001
-    from safetensors.torch import save_file
-
     state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
              for k, v in scenario.target_net.state_dict().items()}
-    save_file(state, str(tmp_path / "nan.safetensors"))
-    registry = tmp_path / "registry.toml"
-    registry.write_text(TINY.read_text() + textwrap.dedent(f"""
+    registry = tiny_registry_with(tmp_path, """
         [targets.nan-cnn]
         preset = "digits-tiny"
         arch = "small-cnn"
-        weights = "{(tmp_path / 'nan.safetensors').as_posix()}"
-        """))
+        weights = "{weights}"
+        """, weights=state)
     error_line(invoke("run", "--attack", "random-prior", "--target", "nan-cnn", "--registry", registry), 1,
                "NonFiniteError", "nan-cnn")
     out = tmp_path / "bench"
@@ -286,14 +283,13 @@ def test_the_console_matrix_prints_user_strings_as_they_are(capsys: pytest.Captu
 
 
 def test_a_bench_on_a_target_named_like_markup(scenario, tmp_path: Path) -> None:  # noqa: ANN001
-    registry = tmp_path / "registry.toml"
-    registry.write_text(TINY.read_text() + textwrap.dedent("""
+    registry = tiny_registry_with(tmp_path, """
         [targets."[/oops]"]
         preset = "digits-tiny"
 
         [targets."[bold red]shout"]
         preset = "digits-tiny"
-        """))
+        """)
     result = invoke("bench", "--registry", registry, "--targets", "[[]*", "--attacks", "random-prior",
                     "--defenses", "none", "--out", tmp_path / "out")
     assert result.exit_code == 0, (result.stderr, result.exception)

@@ -26,6 +26,8 @@ from click.testing import CliRunner, Result
 from invertkit.cli import cli
 from invertkit.core.testing.contracts import torch_threads
 
+from conftest import tiny_registry_with  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / "cli.py"
 TINY = REPO / "tests" / "data" / "registry-tiny.toml"
@@ -365,16 +367,13 @@ def test_bad_weights_are_one_clear_line(scenario, bad_weights_registry: Path, tm
 
 def test_unexpected_error_inside_a_run_is_one_line_without_debug(scenario, tmp_path: Path) -> None:
     import torch
-    from safetensors.torch import save_file
 
-    save_file({"w": torch.zeros(1)}, str(tmp_path / "w.safetensors"))
-    registry = tmp_path / "registry.toml"
-    registry.write_text(TINY.read_text() + textwrap.dedent(f"""
+    registry = tiny_registry_with(tmp_path, """
         [targets.timm-typo]
         preset = "digits-tiny"
         arch = "timm:no-such-timm-model"
-        weights = "{(tmp_path / 'w.safetensors').as_posix()}"
-        """))
+        weights = "{weights}"
+        """, weights={"w": torch.zeros(1)})
     error_line(invoke("run", "--attack", "random-prior", "--target", "timm-typo", "--registry", registry), 1,
                "no-such-timm-model")
 

@@ -14,6 +14,8 @@ checkpoints folder (where pytorch-fid itself caches it). The file is read with
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import torch
 from pydantic import Field
 from torch import Tensor
@@ -63,8 +65,9 @@ class InceptionSetMetric(Metric):
             return {k: float("nan") for k in self.keys}
         return self.score(gen, ref_images)
 
+    @abstractmethod
     def score(self, gen: Tensor, ref_images: Tensor) -> dict[str, float]:
-        raise NotImplementedError
+        """The metric's keys for the generated features ``gen`` against the reference images."""
 
 
 class FID(InceptionSetMetric):
