@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=None, help="folder for judged.jsonl (default: beside results.jsonl)")
     ap.add_argument("--registry", default=None)
     args = ap.parse_args(argv)
+    if not Path(args.results).is_file():
+        raise SystemExit(f"error: no results file at {args.results} (a bench's --out folder holds results.jsonl)")
 
     import torch
 
@@ -33,8 +35,11 @@ def main(argv: list[str] | None = None) -> None:
 
     catalog, plugins = load_catalog(args.registry), get_plugins()
     rows = []
-    for line in Path(args.results).read_text().splitlines():
-        rec = json.loads(line)
+    for n, line in enumerate(Path(args.results).read_text().splitlines(), 1):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            raise SystemExit(f"error: {args.results} line {n} is not a JSON record") from None
         if rec.get("status") != "ok" or not rec.get("key"):
             continue
         cell = read_cached_cell(rec["key"])
