@@ -1,7 +1,8 @@
-"""What training-time defenses share: one training loop that takes a loss, the cached-network plumbing of
-:class:`DefenseTraining`, and a few helpers (the undefended teacher, parameterised layers, activations).
+"""What training-time defenses share: the cached-network plumbing of :class:`DefenseTraining`, the recipe's
+hyper-parameters, and a few helpers (the undefended teacher, parameterised layers, activations).
 
-Every training-time defense in ``plugins/defenses`` trains through :func:`fit`, so the loop (seeding,
+Every training-time defense in ``plugins/defenses`` trains through :func:`~invertkit.core.zoo.train.fit`
+(re-exported here), the one training loop the targets' own training uses too, so the loop (seeding,
 shuffling, augmentation, optimiser, cosine schedule, train/eval modes) is written once; a defense states only
 its loss (and, where it needs one, its own batches or optimiser — DP-SGD brings Opacus' Poisson batches and
 its private optimiser).
@@ -9,28 +10,23 @@ its private optimiser).
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
-from torch import Tensor, nn
+from torch import nn
 
 from invertkit.core.errors import UsageError
 from invertkit.core.interfaces.config import ComponentConfig
 from invertkit.core.interfaces.defense import DefenseContext, TrainingDefense
 from invertkit.core.interfaces.target import TargetModel, retarget
-from invertkit.core.zoo.train import accuracy, augment, seed_everything
-
-#: a loss: ``(model, x, y, epoch) -> scalar``; ``epoch`` counts from 0
-LossFn = Callable[[nn.Module, Tensor, Tensor, int], Tensor]
+from invertkit.core.zoo.train import LossFn, accuracy, cross_entropy, fit, minibatches
 
 __all__ = [
     "DefenseTraining",
     "LossFn",
     "activation_modules",
+    "cross_entropy",
     "fit",
     "minibatches",
     "parameterised_layers",
@@ -43,75 +39,6 @@ __all__ = [
 ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Mish, nn.Hardswish, nn.PReLU,
 )
-
-
-def minibatches(data: tuple[Tensor, Tensor], batch_size: int, generator: torch.Generator,
-                max_shift: int = 0, drop_last: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
-    """One epoch of shuffled mini-batches, each randomly shifted by up to ``max_shift`` pixels (images only:
-    ``max_shift`` must be 0 for other inputs). ``drop_last`` drops a final batch smaller than ``batch_size``."""
-    x, y = data
-    perm = torch.randperm(len(x), generator=generator)
-    for i in range(0, len(x), batch_size):
-        idx = perm[i : i + batch_size]
-        if drop_last and len(idx) < batch_size and i > 0:
-            break
-        xb = augment(x[idx], generator, max_shift) if max_shift > 0 else x[idx]
-        yield xb, y[idx]
-
-
-def fit(
-    model: nn.Module,
-    loss_fn: LossFn,
-    data: tuple[Tensor, Tensor] | None = None,
-    *,
-    epochs: int,
-    lr: float = 1e-3,
-    batch_size: int = 64,
-    weight_decay: float = 0.0,
-    max_shift: int = 0,
-    seed: int = 0,
-    params: Iterable[nn.Parameter] | None = None,
-    optimizer: torch.optim.Optimizer | None = None,
-    batches: Callable[[int, torch.Generator], Iterable[tuple[Tensor, Tensor]]] | None = None,
-    schedule: bool = True,
-    drop_last: bool = False,
-    on_epoch: Callable[[int, nn.Module], None] | None = None,
-) -> float:
-    """Train ``model`` for ``epochs`` minimising ``loss_fn``; returns the seconds it took. Deterministic on a
-    CPU for a ``seed``.
-
-    By default: Adam (``lr``, ``weight_decay``) on ``params`` (default every parameter) with a cosine
-    schedule over all steps, over shuffled mini-batches of ``data`` with random shifts. ``optimizer`` and
-    ``batches`` (``(epoch, generator) -> (x, y)`` pairs) replace those; ``on_epoch(epoch, model)`` runs after
-    ``model.train()`` at the start of every epoch (to freeze BatchNorm statistics, change a schedule, ...).
-    The model is left in eval mode.
-    """
-    if data is None and batches is None:
-        raise UsageError("fit() needs data or a batch iterator")
-    g = seed_everything(seed)
-    if optimizer is None:
-        chosen = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
-        optimizer = torch.optim.Adam(chosen, lr=lr, weight_decay=weight_decay)
-    sched = None
-    if schedule and batches is None and data is not None:
-        per_epoch = len(data[0]) // batch_size if drop_last else math.ceil(len(data[0]) / batch_size)
-        steps = max(1, epochs * max(1, per_epoch))
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    t0 = time.perf_counter()
-    for epoch in range(epochs):
-        model.train()
-        if on_epoch is not None:
-            on_epoch(epoch, model)
-        stream = batches(epoch, g) if batches is not None else minibatches(data, batch_size, g, max_shift, drop_last)  # type: ignore[arg-type]
-        for xb, yb in stream:
-            loss = loss_fn(model, xb, yb, epoch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if sched is not None:
-                sched.step()
-    model.eval()
-    return time.perf_counter() - t0
 
 
 def pick(value: Any, default: Any) -> Any:
@@ -202,6 +129,13 @@ class DefenseTraining(TrainingDefense):
         hp = recipe_hparams(self.config, ctx)
         torch.manual_seed(self.training_seed(ctx))
         return hp, self.build(ctx)
+
+    def fit_private(self, ctx: DefenseContext, net: nn.Module, loss: LossFn, hp: dict[str, Any],
+                    **options: Any) -> nn.Module:
+        """Train ``net`` minimising ``loss`` on the private split with the recipe's ``hp`` (see :meth:`start`)
+        under the training seed; ``options`` go to :func:`fit`. Returns ``net`` (in eval mode)."""
+        fit(net, loss, ctx.data.private_train, seed=self.training_seed(ctx), **hp, **options)
+        return net
 
     @staticmethod
     def training_seed(ctx: DefenseContext) -> int:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from invertkit.core.errors import ConfigError, ShapeError, UsageError
-from invertkit.core.zoo.defended_training import fit
+from invertkit.core.zoo.train import fit
 
 Variant = Literal["kl", "kl_l2"]
 VARIANTS: tuple[str, ...] = ("kl", "kl_l2")

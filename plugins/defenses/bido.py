@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from invertkit.core.errors import UsageError
 from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.defense import DefenseContext
-from invertkit.core.zoo.defended_training import DefenseTraining, RecipeOverrides, activation_modules, fit
+from invertkit.core.zoo.defended_training import DefenseTraining, RecipeOverrides, activation_modules
 
 #: the ridge of the normalised HSIC's inverses, times the batch size (authors' code)
 EPS = 1e-5
@@ -198,7 +198,7 @@ class BiDO(DefenseTraining):
             return total
 
         try:
-            fit(net, loss, ctx.data.private_train, seed=self.training_seed(ctx), **hp)
+            self.fit_private(ctx, net, loss, hp)
         finally:
             hiddens.close()
         return net

@@ -24,9 +24,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from invertkit.core.hookspecs import hookimpl
-from invertkit.core.interfaces.config import ComponentConfig
 from invertkit.core.interfaces.defense import DefenseContext
-from invertkit.core.zoo.defended_training import DefenseTraining, fit, recipe_hparams, teacher_network
+from invertkit.core.zoo.defended_training import DefenseTraining, RecipeOverrides, fit, teacher_network
 
 
 def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -38,7 +37,7 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperatur
 class Distillation(DefenseTraining):
     """Distil the target into a fresh network on the public split."""
 
-    class Config(ComponentConfig):
+    class Config(RecipeOverrides):
         temperature: float = Field(
             4.0,
             gt=0.0,
@@ -50,9 +49,6 @@ class Distillation(DefenseTraining):
             description="How many public images the teacher labels for the student (a fixed random subset, the "
             "student's query budget on the teacher, as PATE bounds its student's queries); None: all of them.",
         )
-        epochs: int | None = Field(None, ge=1, description="Distillation epochs; None: the target recipe's.")
-        lr: float | None = Field(None, gt=0.0, description="Adam learning rate; None: the target recipe's.")
-        batch_size: int | None = Field(None, ge=1, description="Mini-batch size; None: the target recipe's.")
 
     name: ClassVar[str] = "distillation"
     threat_model: ClassVar[str] = "training-time"
@@ -62,11 +58,9 @@ class Distillation(DefenseTraining):
     paper: ClassVar[str] = "https://arxiv.org/abs/1503.02531"
 
     def train(self, ctx: DefenseContext) -> nn.Module:
-        hp = recipe_hparams(self.config, ctx)
-        seed = self.training_seed(ctx)
         teacher = teacher_network(ctx, self.name).eval()
-        torch.manual_seed(seed)
-        student = ctx.new_model()  # type: ignore[misc]
+        hp, student = self.start(ctx)
+        seed = self.training_seed(ctx)
         xp = ctx.data.public[0]
         budget = self.config.transfer_images
         if budget is not None and budget < len(xp):

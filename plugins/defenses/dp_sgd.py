@@ -22,16 +22,14 @@ import warnings
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from invertkit.core.errors import ConfigError, InvertkitError, UsageError
 from invertkit.core.hookspecs import hookimpl
-from invertkit.core.interfaces.config import ComponentConfig
 from invertkit.core.interfaces.defense import DefenseContext
-from invertkit.core.zoo.defended_training import DefenseTraining, fit, recipe_hparams
+from invertkit.core.zoo.defended_training import DefenseTraining, RecipeOverrides, cross_entropy, fit, recipe_hparams
 from invertkit.core.zoo.train import augment
 from invertkit.core.zoo.scenario import log
 
@@ -50,7 +48,7 @@ def _opacus():  # noqa: ANN202 - imported lazily: registering the plugin must no
 class DPSGD(DefenseTraining):
     """Train the target with DP-SGD (Opacus) for a target (epsilon, delta)."""
 
-    class Config(ComponentConfig):
+    class Config(RecipeOverrides):
         target_epsilon: float = Field(
             8.0,
             gt=0.0,
@@ -61,8 +59,6 @@ class DPSGD(DefenseTraining):
             None, gt=0.0, lt=1.0, description="delta of (epsilon, delta)-DP; None: min(1e-5, 1/N)."
         )
         max_grad_norm: float = Field(1.0, gt=0.0, description="Per-example gradient clipping norm C.")
-        epochs: int | None = Field(None, ge=1, description="Training epochs; None: the target recipe's.")
-        lr: float | None = Field(None, gt=0.0, description="Adam learning rate; None: the target recipe's.")
         batch_size: int | None = Field(
             None, ge=1, description="Expected (Poisson) batch size; None: the target recipe's."
         )
@@ -127,11 +123,9 @@ class DPSGD(DefenseTraining):
 
     def train(self, ctx: DefenseContext) -> nn.Module:
         opacus, _, _, _ = _opacus()
-        hp = recipe_hparams(self.config, ctx)
         plan = self.accounting(ctx)
+        hp, net = self.start(ctx)
         seed = self.training_seed(ctx)
-        torch.manual_seed(seed)
-        net = self.build(ctx)
         x, y = ctx.data.private_train
         loader = DataLoader(TensorDataset(x, y), batch_size=int(hp["batch_size"]), shuffle=False)
         optimizer = torch.optim.Adam(net.parameters(), lr=float(hp["lr"]))
@@ -149,14 +143,11 @@ class DPSGD(DefenseTraining):
             for xb, yb in dp_loader:
                 yield (augment(xb, g, shift) if shift > 0 and len(xb) else xb), yb
 
-        def loss(model: nn.Module, xb: Tensor, yb: Tensor, epoch: int) -> Tensor:
-            return F.cross_entropy(model(xb), yb)
-
         log(f"dp-sgd: noise multiplier {plan['noise_multiplier']} for epsilon {plan['target_epsilon']} "
             f"(delta {plan['delta']:.2g}), {plan['steps']} steps")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fit(private, loss, epochs=int(hp["epochs"]), seed=seed, optimizer=dp_optimizer, batches=batches)
+            fit(private, cross_entropy, epochs=int(hp["epochs"]), seed=seed, optimizer=dp_optimizer, batches=batches)
             spent = float(engine.accountant.get_epsilon(plan["delta"]))
         if abs(spent - plan["epsilon"]) > 1e-3 * max(1.0, plan["epsilon"]):
             raise InvertkitError(f"dp-sgd: the accountant spent epsilon {spent:.4f}, the plan said {plan['epsilon']:.4f}")

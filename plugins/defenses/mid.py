@@ -47,7 +47,7 @@ from invertkit.core.errors import UsageError
 from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.defense import DefenseContext
 from invertkit.core.interfaces.target import split_classifier
-from invertkit.core.zoo.defended_training import DefenseTraining, RecipeOverrides, fit
+from invertkit.core.zoo.defended_training import DefenseTraining, RecipeOverrides
 
 
 class VIBClassifier(nn.Module):
@@ -144,8 +144,7 @@ class MID(DefenseTraining):
             logits, mu, std = model.stochastic(x)  # type: ignore[operator]
             return F.cross_entropy(logits, y) + beta * information_loss(mu, std)
 
-        fit(net, loss, ctx.data.private_train, seed=self.training_seed(ctx), **hp)
-        return net
+        return self.fit_private(ctx, net, loss, hp)
 
     def report(self) -> dict[str, Any]:
         return {"beta": float(self.config.beta), "predict": self.config.predict}

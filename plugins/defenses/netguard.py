@@ -37,7 +37,7 @@ from invertkit.core.errors import UsageError
 from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.config import ComponentConfig
 from invertkit.core.interfaces.defense import DefenseContext
-from invertkit.core.zoo.defended_training import DefenseTraining, fit, pick, recipe_hparams, teacher_network
+from invertkit.core.zoo.defended_training import DefenseTraining, cross_entropy, fit, pick, recipe_hparams, teacher_network
 
 
 def select_fakes(pool: Tensor, predicted: Tensor, x: Tensor, y: Tensor,
@@ -142,11 +142,7 @@ class NetGuard(DefenseTraining):
         net = copy.deepcopy(teacher_network(ctx, self.name))
         for p in net.parameters():
             p.requires_grad_(True)
-
-        def loss(model: nn.Module, xb: Tensor, yb: Tensor, epoch: int) -> Tensor:
-            return F.cross_entropy(model(xb), yb)
-
-        fit(net, loss, (torch.cat([x, fx]), torch.cat([y, fy])), seed=self.training_seed(ctx), **hp)
+        fit(net, cross_entropy, (torch.cat([x, fx]), torch.cat([y, fy])), seed=self.training_seed(ctx), **hp)
         with torch.no_grad():
             fake_acc = float((net(fx).argmax(1) == fy).float().mean()) if len(fx) else float("nan")
         self._facts = {"fakes": len(fx), "fake_train_acc": round(fake_acc, 4)}  # known when trained here

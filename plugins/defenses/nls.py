@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.defense import DefenseContext
-from invertkit.core.zoo.defended_training import DefenseTraining, RecipeOverrides, fit
+from invertkit.core.zoo.defended_training import DefenseTraining, RecipeOverrides
 
 
 def _boundary(fraction: float, epochs: int) -> int:
@@ -128,8 +128,7 @@ class NLS(DefenseTraining):
             a = smoothing_factor(epoch, epochs, float(cfg.alpha), float(cfg.warmup), float(cfg.ramp), cfg.schedule)
             return smoothed_cross_entropy(model(x), y, a)
 
-        fit(net, loss, ctx.data.private_train, seed=self.training_seed(ctx), **hp)
-        return net
+        return self.fit_private(ctx, net, loss, hp)
 
     def report(self) -> dict[str, Any]:
         return {"alpha": float(self.config.alpha), "schedule": self.config.schedule}

@@ -15,16 +15,15 @@ from __future__ import annotations
 import copy
 from typing import Any, ClassVar
 
-import torch.nn.functional as F
 from pydantic import Field
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.utils import prune
 
 from invertkit.core.errors import UsageError
 from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.config import ComponentConfig
 from invertkit.core.interfaces.defense import DefenseContext
-from invertkit.core.zoo.defended_training import DefenseTraining, fit, recipe_hparams, teacher_network
+from invertkit.core.zoo.defended_training import DefenseTraining, cross_entropy, recipe_hparams, teacher_network
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -80,11 +79,7 @@ class Pruning(DefenseTraining):
             if self.config.lr is None:
                 hp["lr"] = float(hp["lr"]) / 10.0
             hp["epochs"] = epochs
-
-            def loss(model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> Tensor:
-                return F.cross_entropy(model(x), y)
-
-            fit(net, loss, ctx.data.private_train, seed=self.training_seed(ctx), schedule=False, **hp)
+            self.fit_private(ctx, net, cross_entropy, hp, schedule=False)
         for module, name in targets:
             prune.remove(module, name)
         return net.eval()

@@ -21,7 +21,6 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -30,7 +29,7 @@ from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.config import ComponentConfig
 from invertkit.core.interfaces.defense import DefenseContext
 from invertkit.core.interfaces.target import split_classifier
-from invertkit.core.zoo.defended_training import DefenseTraining, fit, parameterised_layers, pick, recipe_hparams
+from invertkit.core.zoo.defended_training import DefenseTraining, cross_entropy, fit, parameterised_layers, pick
 
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 
@@ -94,10 +93,8 @@ class TLDMI(DefenseTraining):
         return groups[:n], len(groups)
 
     def train(self, ctx: DefenseContext) -> nn.Module:
-        hp = recipe_hparams(self.config, ctx)
+        hp, net = self.start(ctx)
         seed = self.training_seed(ctx)
-        torch.manual_seed(seed)
-        net = ctx.new_model()  # type: ignore[misc]
         split = split_classifier(net)
         if split is None:
             raise UsageError(f"tl-dmi: the target architecture {type(net).__name__} has no features()/head() split")
@@ -110,12 +107,8 @@ class TLDMI(DefenseTraining):
             net.eval()
             feat_dim = int(extract(xp[:2]).reshape(2, -1).shape[1])
         public = _PublicModel(net, extract, feat_dim, len(classes))
-
-        def ce(model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> Tensor:
-            return F.cross_entropy(model(x), y)
-
         pre_epochs = int(pick(self.config.pretrain_epochs, hp["epochs"]))
-        fit(public, ce, (xp, remap[yp]), seed=seed, **{**hp, "epochs": pre_epochs})
+        fit(public, cross_entropy, (xp, remap[yp]), seed=seed, **{**hp, "epochs": pre_epochs})
 
         frozen, total = self.frozen_groups(net)
         frozen_modules = [m for g in frozen for m in g]
@@ -128,7 +121,7 @@ class TLDMI(DefenseTraining):
                 if isinstance(m, NORMS):
                     m.eval()
 
-        fit(net, ce, ctx.data.private_train, seed=seed + 1, on_epoch=keep_frozen_stats, **hp)
+        fit(net, cross_entropy, ctx.data.private_train, seed=seed + 1, on_epoch=keep_frozen_stats, **hp)
         for p in net.parameters():
             p.requires_grad_(True)
         self._facts = {"frozen_layers": len(frozen), "layers": total}
