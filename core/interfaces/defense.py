@@ -121,10 +121,13 @@ class OutputDefense(Defense):
         return DefendedTarget(target, self, seed=seed, adaptive=bool(ctx is not None and ctx.adaptive))
 
 
-class DefendedTarget(TargetModel):
-    """A target seen through an :class:`OutputDefense` (as deployed; ``adaptive``: BPDA gradients too)."""
+class WrappedTarget(TargetModel):
+    """A target seen through a defense that filters what it releases: the wrapped target's classes, input
+    shape, budget and device, the capabilities the defense grants (``adaptive``: gradients too), and
+    ``probs``/``topk`` taken from :meth:`_released` (the filtered full confidence vector), which subclasses
+    state. :class:`DefendedTarget` and the query monitor's stream are the two."""
 
-    def __init__(self, inner: TargetModel, defense: OutputDefense, *, seed: int = 0, adaptive: bool = False) -> None:
+    def __init__(self, inner: TargetModel, defense: Defense, *, adaptive: bool = False) -> None:
         super().__init__(
             num_classes=inner.num_classes,
             input_shape=inner.input_shape,
@@ -135,20 +138,22 @@ class DefendedTarget(TargetModel):
         )
         self._inner = inner
         self.defense = defense
-        self.generator = torch.Generator().manual_seed(int(seed) + 7919)
 
     @property
     def device(self) -> torch.device:
         return self._inner.device
 
-    def _undefended(self, x: Tensor) -> Tensor:
-        """The wrapped target's full confidence vector: from ``probs``, or else from a top-k of every class.
+    def _undefended(self, x: Tensor) -> Tensor | None:
+        """The wrapped target's full confidence vector: from ``probs``, or else from a top-k of every class;
+        ``None`` when it releases neither (labels only).
 
         (A target with ``topk`` but not ``probs`` still answers ``topk(x, num_classes)``: that *is* the whole
-        vector, so it must go through the transform too. One query per row either way.)
+        vector, so it must go through the defense too. One query per row either way.)
         """
         if C.PROBS in self._inner.capabilities:
             return self._inner.probs(x)
+        if C.TOPK not in self._inner.capabilities:
+            return None
         values, indices = self._inner.topk(x, self._inner.num_classes)
         full = torch.zeros(values.shape[0], self._inner.num_classes, dtype=values.dtype, device=values.device)
         full = full.scatter(1, indices, values)
@@ -156,21 +161,36 @@ class DefendedTarget(TargetModel):
             full = full / full.sum(1, keepdim=True).clamp_min(1e-12)
         return full
 
+    @abstractmethod
     def _released(self, x: Tensor) -> Tensor:
-        p = self._undefended(x)
-        q = self.defense.transform(p, self.generator).to(p.dtype)
-        if self.defense.straight_through and p.requires_grad:
-            q = p + (q - p).detach()  # BPDA: the released value forward, the identity backward
-        return q
+        """The full confidence vector as released (only asked when the wrapped target has probs or top-k)."""
 
     def _probs(self, x: Tensor) -> Tensor:
         return self._released(x)
 
     def _topk(self, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
         # only reachable when the wrapped target has ``topk`` (capabilities are a subset), hence ``probs`` or
-        # ``topk``: the released top-k is always the top-k of the *transformed* vector
+        # ``topk``: the released top-k is always the top-k of the *released* vector
         values, indices = torch.topk(self._released(x), k, dim=1)
         return values, indices
+
+
+class DefendedTarget(WrappedTarget):
+    """A target seen through an :class:`OutputDefense` (as deployed; ``adaptive``: BPDA gradients too)."""
+
+    defense: OutputDefense
+
+    def __init__(self, inner: TargetModel, defense: OutputDefense, *, seed: int = 0, adaptive: bool = False) -> None:
+        super().__init__(inner, defense, adaptive=adaptive)
+        self.generator = torch.Generator().manual_seed(int(seed) + 7919)
+
+    def _released(self, x: Tensor) -> Tensor:
+        p = self._undefended(x)
+        assert p is not None  # released only when the wrapped target has probs or top-k
+        q = self.defense.transform(p, self.generator).to(p.dtype)
+        if self.defense.straight_through and p.requires_grad:
+            q = p + (q - p).detach()  # BPDA: the released value forward, the identity backward
+        return q
 
     def _label(self, x: Tensor) -> Tensor:
         if C.PROBS in self._inner.capabilities or C.TOPK in self._inner.capabilities:

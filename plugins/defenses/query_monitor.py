@@ -41,7 +41,7 @@ from invertkit.core.errors import QueryBudgetExceeded
 from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.capability import Capabilities, Capability
 from invertkit.core.interfaces.config import ComponentConfig
-from invertkit.core.interfaces.defense import Defense, DefenseContext
+from invertkit.core.interfaces.defense import Defense, DefenseContext, WrappedTarget
 from invertkit.core.interfaces.target import TargetModel
 
 C = Capability
@@ -134,42 +134,18 @@ class StreamState:
                 "min_near_duplicate_score": None if self.min_score == float("inf") else round(self.min_score, 5)}
 
 
-class MonitoredTarget(TargetModel):
+class MonitoredTarget(WrappedTarget):
     """A target whose query stream is watched by a :class:`QueryMonitor`."""
 
-    def __init__(self, inner: TargetModel, defense: "QueryMonitor", *, adaptive: bool = False) -> None:
-        super().__init__(
-            num_classes=inner.num_classes,
-            input_shape=inner.input_shape,
-            capabilities=defense.granted(inner.capabilities, adaptive=adaptive),
-            budget=inner.budget,
-            name=f"{inner.name}+{defense.name}",
-            max_topk=inner.max_topk,
-        )
-        self._inner = inner
-        self.defense = defense
-        self.state = StreamState(defense.config)
+    defense: "QueryMonitor"
 
-    @property
-    def device(self) -> torch.device:
-        return self._inner.device
+    def __init__(self, inner: TargetModel, defense: "QueryMonitor", *, adaptive: bool = False) -> None:
+        super().__init__(inner, defense, adaptive=adaptive)
+        self.state = StreamState(defense.config)
 
     @property
     def flagged(self) -> bool:
         return self.state.flagged_at is not None
-
-    def _full(self, x: Tensor) -> Tensor | None:
-        """The wrapped target's confidence vector (from probs, or a full top-k), or None under label-only."""
-        if C.PROBS in self._inner.capabilities:
-            return self._inner.probs(x)
-        if C.TOPK in self._inner.capabilities:
-            values, indices = self._inner.topk(x, self._inner.num_classes)
-            full = torch.zeros(values.shape[0], self.num_classes, dtype=values.dtype, device=values.device)
-            full = full.scatter(1, indices, values)
-            if values.shape[1] < self.num_classes:
-                full = full / full.sum(1, keepdim=True).clamp_min(1e-12)
-            return full
-        return None
 
     def _refuse(self) -> None:
         s = self.state
@@ -181,7 +157,7 @@ class MonitoredTarget(TargetModel):
     def _watched(self, x: Tensor) -> tuple[Tensor | None, Tensor]:
         if self.flagged and self.defense.config.action == "refuse":
             self._refuse()
-        p = self._full(x)
+        p = self._undefended(x)
         y = p.detach().argmax(dim=1) if p is not None else self._inner.label(x)
         self.state.observe(x, p.detach() if p is not None else None, y)
         if self.flagged and self.defense.config.action == "refuse":
@@ -195,13 +171,6 @@ class MonitoredTarget(TargetModel):
             return p
         one_hot = F.one_hot(y, self.num_classes).to(p.dtype)
         return one_hot + 0.0 * p  # throttled: the label only, and a zero gradient
-
-    def _probs(self, x: Tensor) -> Tensor:
-        return self._released(x)
-
-    def _topk(self, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        values, indices = torch.topk(self._released(x), k, dim=1)
-        return values, indices
 
     def _label(self, x: Tensor) -> Tensor:
         _, y = self._watched(x)
