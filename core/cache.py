@@ -168,16 +168,71 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is not a valid safetensors file: {exc}") from None
 
 
-def load_into(module: nn.Module, path: str | Path) -> nn.Module:
-    """Load a safetensors state into ``module``; missing/unexpected keys or shape mismatches are one clear error."""
-    state = load_state(path)
+def load_into(module: nn.Module, path: str | Path, key_map: Any = None) -> nn.Module:
+    """Load a safetensors state into ``module``; missing/unexpected keys or shape mismatches are one clear error.
+    ``key_map`` renames the file's keys first (:func:`remap_keys`)."""
+    return fit_state(module, load_state(path), path, key_map)
+
+
+def remap_keys(state: dict[str, Any], own: dict[str, Any], key_map: Any, source: str | Path = "<state>") -> dict[str, Any]:
+    """Rename a checkpoint's keys to a module's.
+
+    ``key_map`` is ``None`` (as they are), a mapping of regular expressions to replacements applied in order to
+    every key (``{"^module\\." = "", "^fc\\." = "head."}``; a key mapped to ``""`` entirely is dropped), or
+    ``"by-position"``: the file's tensors are paired with the module's state entries, both lists sorted the same
+    way (natural order: numbers by value, so ``layer.10`` follows ``layer.9``; safetensors files keep no write
+    order), and every pair must have the same shape (the first that does not is named). It fits two namings that
+    differ in prefixes or in module names that sort alike; the shape check turns a wrong pairing into an error."""
+    import re
+
+    def natural(key: str) -> list[Any]:
+        return [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", key) if p]
+
+    if key_map is None:
+        return state
+    if key_map == "by-position":
+        if len(state) != len(own):
+            raise CheckpointError(f"{source}: by-position key mapping needs as many tensors as the module has "
+                                  f"({len(state)} in the file, {len(own)} in the module)")
+        out = {}
+        pairs = zip(sorted(state.items(), key=lambda kv: natural(kv[0])), sorted(own.items(), key=lambda kv: natural(kv[0])))
+        for (fk, fv), (mk, mv) in pairs:
+            if tuple(fv.shape) != tuple(mv.shape):
+                raise CheckpointError(f"{source}: by-position key mapping: the file's '{fk}' {tuple(fv.shape)} does "
+                                      f"not fit the module's '{mk}' {tuple(mv.shape)}")
+            out[mk] = fv
+        return out
+    if not isinstance(key_map, dict):
+        raise CheckpointError(f"{source}: key_map must be a table of pattern = replacement, or 'by-position'")
+    rules = []
+    for pat, rep in key_map.items():
+        try:
+            rules.append((re.compile(pat), str(rep)))
+        except re.error as exc:
+            raise CheckpointError(f"{source}: key_map pattern '{pat}' is not a regular expression: {exc}") from None
+    out = {}
+    for k, v in state.items():
+        new = k
+        for rx, rep in rules:
+            new = rx.sub(rep, new)
+        if new:
+            if new in out:
+                raise CheckpointError(f"{source}: key_map maps two of the file's keys to '{new}'")
+            out[new] = v
+    return out
+
+
+def fit_state(module: nn.Module, state: dict[str, Any], path: str | Path, key_map: Any = None) -> nn.Module:
+    """Load ``state`` (after ``key_map``) into ``module``: every key and shape must match, else one clear error."""
     own = module.state_dict()
+    state = remap_keys(state, own, key_map, path)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
+        hint = "" if key_map is not None else " (a key_map can rename them)"
         raise CheckpointError(
             f"{path} does not fit {type(module).__name__}: missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+            f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}{hint}"
         )
     for k, v in state.items():
         if tuple(v.shape) != tuple(own[k].shape):
@@ -189,9 +244,10 @@ def load_into(module: nn.Module, path: str | Path) -> nn.Module:
 PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".tar"}
 
 
-def load_checkpoint(module: nn.Module, path: str | Path) -> nn.Module:
+def load_checkpoint(module: nn.Module, path: str | Path, key_map: Any = None) -> nn.Module:
     """Load weights into ``module``: safetensors (:func:`load_into`), or a pickled torch checkpoint
-    (``state_dict`` wrappers and DataParallel ``module.`` prefixes undone) only with INVERTKIT_ALLOW_PICKLE=1."""
+    (``state_dict`` wrappers and DataParallel ``module.`` prefixes undone) only with INVERTKIT_ALLOW_PICKLE=1.
+    ``key_map`` renames the file's keys (:func:`remap_keys`)."""
     path = Path(path)
     if path.suffix in PICKLE_SUFFIXES:
         if os.environ.get("INVERTKIT_ALLOW_PICKLE") != "1":
@@ -210,12 +266,7 @@ def load_checkpoint(module: nn.Module, path: str | Path) -> nn.Module:
         state = state.get("state_dict", state) if isinstance(state, dict) else state
         if not isinstance(state, dict):
             raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict")
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-        try:
-            module.load_state_dict(state)
-        except RuntimeError as exc:
-            # torch puts the offending keys on the lines after the first: keep them all, on one line
-            detail = " ".join(str(exc).split())
-            raise CheckpointError(f"{path} does not fit {type(module).__name__}: {detail[:600]}") from None
-        return module
-    return load_into(module, path)
+        if key_map is None:
+            state = {k.removeprefix("module."): v for k, v in state.items()}
+        return fit_state(module, state, path, key_map)
+    return load_into(module, path, key_map)
