@@ -11,11 +11,12 @@ from torch import Tensor
 
 from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.config import ComponentConfig
-from invertkit.core.interfaces.metric import Metric, MetricContext
-from invertkit.core.metrics import check_labels, class_centroids, features, private_features
+from invertkit.core.interfaces.metric import MetricContext
+from invertkit.core.metrics import check_labels, class_centroids
+from invertkit.plugins.metrics._distance import MeanFeatureDistance
 
 
-class FeatureDistance(Metric):
+class FeatureDistance(MeanFeatureDistance):
     name = "feature-dist"
     paper = "https://arxiv.org/abs/2010.04092"
     keys = ("feat_dist",)
@@ -28,26 +29,13 @@ class FeatureDistance(Metric):
 
     def __init__(self, ctx: MetricContext, config=None) -> None:  # noqa: ANN001
         super().__init__(ctx, config)
-        ref = private_features(ctx, self.config.batch_size)
-        self.centroids, self.present = class_centroids(ref, ctx.private_labels, ctx.num_classes)
+        self.centroids, self.present = class_centroids(self.private_features(), ctx.private_labels, ctx.num_classes)
 
-    def reset(self) -> None:
-        self.sum = 0.0
-        self.count = 0
-
-    def update(self, images: Tensor, labels: Tensor) -> None:
-        if len(images) == 0:
-            return
-        f = features(self.ctx.eval_features, images, self.ctx.device, self.config.batch_size)
+    def distances(self, feats: Tensor, labels: Tensor) -> Tensor:
         labels = check_labels(labels, self.ctx.num_classes)
         keep = self.present[labels]
-        d2 = ((f[keep] - self.centroids[labels[keep]]) ** 2).sum(1)
-        d = d2 if self.config.squared else d2.sqrt()
-        self.sum += float(d.sum())
-        self.count += int(keep.sum())
-
-    def compute(self) -> dict[str, float]:
-        return {"feat_dist": self.sum / self.count if self.count else float("nan")}
+        d2 = ((feats[keep] - self.centroids[labels[keep]]) ** 2).sum(1)
+        return d2 if self.config.squared else d2.sqrt()
 
 
 @hookimpl

@@ -26,10 +26,11 @@ from torch import Tensor
 
 from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.config import ComponentConfig
-from invertkit.core.interfaces.metric import Metric, MetricContext
+from invertkit.core.interfaces.metric import MetricContext
+from invertkit.plugins.metrics._distance import MeanFeatureDistance
 
 
-class KNNDistance(Metric):
+class KNNDistance(MeanFeatureDistance):
     name = "knn-dist"
     paper = "https://arxiv.org/abs/1911.07135"
     keys = ("knn_dist",)
@@ -44,33 +45,16 @@ class KNNDistance(Metric):
 
     def __init__(self, ctx: MetricContext, config=None) -> None:  # noqa: ANN001
         super().__init__(ctx, config)
-        with torch.no_grad():
-            feats = [ctx.eval_features(ctx.private_images[i : i + 512].to(ctx.device)).cpu()
-                     for i in range(0, len(ctx.private_images), 512)]
-        self.ref = torch.cat(feats).double()
+        self.ref = self.private_features()
         self.ref_labels = ctx.private_labels.cpu()
 
-    def reset(self) -> None:
-        self.sum = 0.0
-        self.count = 0
-
-    def update(self, images: Tensor, labels: Tensor) -> None:
-        if len(images) == 0:
-            return
-        with torch.no_grad():
-            f = self.ctx.eval_features(images.to(self.ctx.device)).cpu().double()
-        d = torch.cdist(f.reshape(len(f), -1), self.ref.reshape(len(self.ref), -1))  # (N, M)
+    def distances(self, feats: Tensor, labels: Tensor) -> Tensor:
+        d = torch.cdist(feats, self.ref)  # (N, M)
         same = labels.cpu()[:, None] == self.ref_labels[None, :]
         d = torch.where(same, d, torch.full_like(d, float("inf")))
         nearest = d.min(dim=1).values
         nearest = nearest[torch.isfinite(nearest)]
-        if self.config.squared:
-            nearest = nearest.pow(2)
-        self.sum += float(nearest.sum())
-        self.count += int(nearest.numel())
-
-    def compute(self) -> dict[str, float]:
-        return {"knn_dist": self.sum / self.count if self.count else float("nan")}
+        return nearest.pow(2) if self.config.squared else nearest
 
 
 @hookimpl
