@@ -207,6 +207,7 @@ def check_catalog(catalog: Catalog, plugins: Any, where: str) -> None:
     one :class:`RegistryFileError` naming ``where`` (the file)."""
     from invertkit.core.errors import ConfigError
     from invertkit.core.interfaces.config import build_config
+    from invertkit.core.zoo.arch import is_timm
 
     try:
         for preset in catalog.presets.values():
@@ -216,7 +217,7 @@ def check_catalog(catalog: Catalog, plugins: Any, where: str) -> None:
             plugins.get("prior", preset.prior.plugin)(preset.prior.options)  # validates the options
         for t in catalog.targets.values():
             plugins.registry["backend"][t.backend]
-            if t.arch and not t.arch.startswith("timm:"):
+            if t.arch and not is_timm(t.arch):
                 plugins.registry["architecture"][t.arch]
         for name, b in catalog.bench.items():
             for a in b.attacks:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from invertkit.core.interfaces.capability import Capabilities, Capability
 from invertkit.core.interfaces.target import TorchTarget
+from invertkit.core.zoo.arch import BodyHead
 
 __all__ = [
     "ROW_KINDS",
@@ -110,7 +111,7 @@ def image_batches(
 
 
 # ------------------------------------------------------------------------ tiny models and targets
-class TinyClassifier(nn.Module):
+class TinyClassifier(BodyHead):
     """A linear-tanh-linear classifier with ``features(x)`` and ``head(f)``, so it is splittable (FEATURES)."""
 
     def __init__(self, num_classes: int, input_shape: tuple[int, int, int], hidden: int = 16) -> None:
@@ -118,15 +119,6 @@ class TinyClassifier(nn.Module):
         c, h, w = input_shape
         self.body = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, hidden), nn.Tanh())
         self.fc = nn.Linear(hidden, num_classes)
-
-    def features(self, x: Tensor) -> Tensor:
-        return self.body(x)
-
-    def head(self, f: Tensor) -> Tensor:
-        return self.fc(f)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
 
 
 class TinyFlatClassifier(nn.Module):

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from invertkit.core.errors import ConfigError, ShapeError, UsageError
+from invertkit.core.zoo.arch import build_architecture
 from invertkit.core.zoo.train import fit
 
 Variant = Literal["kl", "kl_l2"]
@@ -196,15 +197,6 @@ def distill(
     return DistillReport(variant, epochs, seconds, last[0], agreement, gap)
 
 
-def _build(plugins, arch: str, num_classes: int, in_shape: tuple[int, int, int], options: dict[str, Any]) -> nn.Module:  # noqa: ANN001
-    """A registered architecture, or ``timm:<name>`` (no pretrained download)."""
-    if arch.startswith("timm:"):
-        import timm
-
-        return timm.create_model(arch[5:], pretrained=False, num_classes=num_classes, in_chans=in_shape[0], **options)
-    return plugins.get("architecture", arch)(num_classes, in_shape, **options)
-
-
 def augmented_models(
     teacher,  # noqa: ANN001 - the attacker's view of the target (a TargetModel)
     public_images: Tensor,
@@ -244,7 +236,7 @@ def augmented_models(
 
         def build(arch: str = arch, opts: dict[str, Any] = opts, s: int = student_seed) -> nn.Module:
             torch.manual_seed(s)
-            return _build(plugins, arch, teacher.num_classes, shape, opts).to(teacher.device)
+            return build_architecture(plugins, arch, teacher.num_classes, shape, opts).to(teacher.device)
 
         def train(build=build, s: int = student_seed) -> nn.Module:  # noqa: ANN001
             net = build()

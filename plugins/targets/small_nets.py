@@ -7,9 +7,10 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from invertkit.core.hookspecs import hookimpl
+from invertkit.core.zoo.arch import BodyHead
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(BodyHead):
     def __init__(self, num_classes: int, in_shape: tuple[int, int, int], width: int = 32, feat_dim: int = 128):
         super().__init__()
         c = in_shape[0]
@@ -31,17 +32,11 @@ class SmallCNN(nn.Module):
         self.drop = nn.Dropout(0.3)
         self.fc = nn.Linear(feat_dim, num_classes)
 
-    def features(self, x: Tensor) -> Tensor:
-        return self.body(x)
-
     def head(self, f: Tensor) -> Tensor:
         return self.fc(self.drop(f))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
 
-
-class SmallMLP(nn.Module):
+class SmallMLP(BodyHead):
     def __init__(self, num_classes: int, in_shape: tuple[int, int, int], hidden: int = 256, feat_dim: int = 128):
         super().__init__()
         n = in_shape[0] * in_shape[1] * in_shape[2]
@@ -53,15 +48,6 @@ class SmallMLP(nn.Module):
             nn.ReLU(inplace=True),
         )
         self.fc = nn.Linear(feat_dim, num_classes)
-
-    def features(self, x: Tensor) -> Tensor:
-        return self.body(x)
-
-    def head(self, f: Tensor) -> Tensor:
-        return self.fc(f)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
 
 
 def small_cnn(num_classes: int, in_shape: tuple[int, int, int], **kw: int) -> nn.Module:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from invertkit.core.cache import PICKLE_SUFFIXES, read_meta  # noqa: F401 - re-exported
 from invertkit.core.cache import load_checkpoint as load_weights
@@ -19,25 +18,12 @@ from invertkit.core.errors import CheckpointError
 from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.capability import ACCESS_LEVELS
 from invertkit.core.interfaces.target import TargetBackend, TargetModel, TorchTarget
+from invertkit.core.zoo.arch import build_architecture
 
 
 
-def build_module(plugins, arch: str, num_classes: int, in_shape: tuple[int, int, int], options: dict | None = None) -> nn.Module:  # noqa: ANN001
-    """An architecture from the registry, or ``timm:<name>`` from timm (no pretrained download)."""
-    options = dict(options or {})
-    if arch.startswith("timm:"):
-        import timm
-
-        from invertkit.core.errors import ConfigError
-        from invertkit.core.registry import unknown
-
-        if arch[5:] not in timm.list_models():
-            raise unknown("timm architecture", arch[5:], timm.list_models())
-        try:
-            return timm.create_model(arch[5:], pretrained=False, num_classes=num_classes, in_chans=in_shape[0], **options)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise ConfigError(f"timm architecture '{arch[5:]}' cannot be built with {options}: {exc}") from None
-    return plugins.get("architecture", arch)(num_classes, in_shape, **options)
+#: an architecture from the registry, or ``timm:<name>`` from timm (no pretrained download)
+build_module = build_architecture
 
 
 class TorchBackend(TargetBackend):
