@@ -24,8 +24,8 @@ from invertkit.core.errors import ShapeError
 from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.config import ComponentConfig
 from invertkit.core.interfaces.prior import Prior, PriorBuilder
-from invertkit.core.zoo.train import augment
-from invertkit.plugins.priors.wgan_gp import Critic, Generator
+from invertkit.core.zoo.train import augment, seed_everything
+from invertkit.plugins.priors.wgan_gp import Critic, Generator, freeze
 
 
 class LatentStats(nn.Module):
@@ -47,10 +47,8 @@ class AutoencoderPrior(Prior):
     has_discriminator = False
 
     def __init__(self, encoder: Critic, decoder: Generator, stats: LatentStats, latent_dim: int) -> None:
-        self.encoder, self.decoder, self.stats = encoder.eval(), decoder.eval(), stats.eval()
-        for p in [*encoder.parameters(), *decoder.parameters()]:
-            p.requires_grad_(False)
-            p.grad = None
+        freeze(encoder, decoder, stats)
+        self.encoder, self.decoder, self.stats = encoder, decoder, stats
         self.latent_shape = (latent_dim,)
         self.image_shape = decoder.image_shape  # type: ignore[assignment]
 
@@ -105,8 +103,7 @@ class AutoencoderBuilder(PriorBuilder):
         n = len(x_all)
         if n < 2:
             raise ShapeError(f"prior 'autoencoder' needs at least 2 public images, got {n}")
-        g = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
+        g = seed_everything(seed)
         params = [*enc.parameters(), *dec.parameters()]
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         bs = min(cfg.batch_size, n)

@@ -52,7 +52,7 @@ from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.capability import Capability
 from invertkit.core.interfaces.config import ComponentConfig
 from invertkit.core.interfaces.prior import Prior, PriorBuilder
-from invertkit.plugins.priors.wgan_gp import Generator, GeneratorPrior, conv_trunk
+from invertkit.plugins.priors.wgan_gp import Generator, GeneratorPrior, conv_trunk, gan_training_start
 
 
 # ------------------------------------------------------------------------------------------------ losses
@@ -185,10 +185,7 @@ class KEDMIGANBuilder(PriorBuilder):
         mb_kernel_dims: int = Field(50, ge=1, description="minibatch-discrimination kernel dimension C (KEDMI: 50)")
 
     def _classes(self) -> int:
-        k = self.config.num_classes
-        if k is None:
-            raise ConfigError("prior 'kedmi-gan' needs num_classes (the target's number of classes) in its options")
-        return k
+        return target_classes(self)
 
     def networks(self, image_shape: tuple[int, int, int]) -> dict[str, nn.Module]:
         cfg = self.config
@@ -210,12 +207,7 @@ class KEDMIGANBuilder(PriorBuilder):
         soft = target_log_probs(target, x_all)
         if soft.shape[1] != self._classes():
             raise ConfigError(f"prior 'kedmi-gan': num_classes is {self._classes()} but the target has {soft.shape[1]} outputs")
-        g = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
-        G.train()
-        D.train()
-        opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-        opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        g, opt_g, opt_d = gan_training_start(G, D, cfg, seed)
         bs = min(cfg.batch_size, n)
         batches = max(1, n // bs)
         t0 = time.perf_counter()
@@ -266,6 +258,14 @@ class KEDMIGANBuilder(PriorBuilder):
 
     def wrap(self, nets: dict[str, nn.Module]) -> Prior:
         return KEDMIPrior(nets["generator"], nets["discriminator"], self.config.latent_dim)  # type: ignore[arg-type]
+
+
+def target_classes(builder: PriorBuilder) -> int:
+    """K, the ``num_classes`` option of a prior trained on the target's classes (required: no default)."""
+    k = builder.config.num_classes
+    if k is None:
+        raise ConfigError(f"prior '{builder.name}' needs num_classes (the target's number of classes) in its options")
+    return k
 
 
 def target_log_probs(target, images: Tensor, batch_size: int = 512) -> Tensor:  # noqa: ANN001

@@ -46,8 +46,8 @@ from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.capability import Capability
 from invertkit.core.interfaces.config import ComponentConfig
 from invertkit.core.interfaces.prior import Prior, PriorBuilder
-from invertkit.plugins.priors.kedmi_gan import target_log_probs
-from invertkit.plugins.priors.wgan_gp import Generator, GeneratorPrior, conv_trunk
+from invertkit.plugins.priors.kedmi_gan import target_classes, target_log_probs
+from invertkit.plugins.priors.wgan_gp import Generator, GeneratorPrior, conv_trunk, gan_training_start
 
 
 # ----------------------------------------------------------------------------------------- pseudo labels
@@ -218,10 +218,7 @@ class PLGCGANBuilder(PriorBuilder):
         dequantize: bool = Field(True, description="add U[0, 1/256) noise to the real images (PLG-MI: on)")
 
     def _classes(self) -> int:
-        k = self.config.num_classes
-        if k is None:
-            raise ConfigError("prior 'plg-cgan' needs num_classes (the target's number of classes) in its options")
-        return k
+        return target_classes(self)
 
     def networks(self, image_shape: tuple[int, int, int]) -> dict[str, nn.Module]:
         cfg, k = self.config, self._classes()
@@ -239,14 +236,9 @@ class PLGCGANBuilder(PriorBuilder):
         if int(y_pub.max()) + 1 != k:
             raise ConfigError(f"prior 'plg-cgan': num_classes is {k} but the target has {int(y_pub.max()) + 1} outputs")
         G, D = nets["generator"], nets["discriminator"]
-        g = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
-        opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-        opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        g, opt_g, opt_d = gan_training_start(G, D, cfg, seed)
         n, bs = len(x_pub), cfg.batch_size
         perm, pos = torch.randperm(n, generator=g), 0
-        G.train()
-        D.train()
         t0 = time.perf_counter()
         loss_g = loss_d = loss_inv = hit = float("nan")
         for it in range(cfg.steps):

@@ -22,6 +22,7 @@ from invertkit.core.errors import ShapeError
 from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.config import ComponentConfig
 from invertkit.core.interfaces.prior import Prior, PriorBuilder
+from invertkit.core.zoo.train import seed_everything
 
 
 def _stages(size: int) -> int:
@@ -168,17 +169,36 @@ class LayeredDecoding:
         return self.generator.forward_from(h, k, self._block_labels(len(h), labels), to=to)
 
 
+def freeze(*nets: nn.Module) -> None:
+    """Eval mode, no gradients and none left over: a prior's networks as an attack's backward pass must find
+    them (it must not train them)."""
+    for net in nets:
+        net.eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+
+
+def gan_training_start(G: nn.Module, D: nn.Module, cfg: ComponentConfig,  # noqa: N803 - G and D as the papers
+                       seed: int) -> tuple[torch.Generator, torch.optim.Optimizer, torch.optim.Optimizer]:
+    """What a GAN prior's training starts with (wgan-gp, kedmi-gan, plg-cgan): the random generator (and the
+    global one) seeded ``seed``, both networks in train mode, and an Adam optimiser for each with the config's
+    ``lr``, ``beta1`` and ``beta2``. Returns ``(generator, opt_g, opt_d)``."""
+    g = seed_everything(seed)
+    G.train()
+    D.train()
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    return g, opt_g, opt_d
+
+
 class GeneratorPrior(LayeredDecoding, Prior):
     """What the priors over a trained :class:`Generator` share (wgan-gp, kedmi-gan, plg-cgan): the generator and
     its critic or discriminator frozen in eval mode (an attack's backward pass must not train them), the latent
     and image shapes, the device."""
 
     def __init__(self, generator: Generator, scorer: nn.Module, latent_dim: int) -> None:
-        for net in (generator, scorer):
-            net.eval()
-            for p in net.parameters():
-                p.requires_grad_(False)
-                p.grad = None
+        freeze(generator, scorer)
         self.generator = generator
         self.latent_shape = (latent_dim,)
         self.image_shape = generator.image_shape  # type: ignore[assignment]
@@ -232,11 +252,8 @@ class WGANGPBuilder(PriorBuilder):
     def train(self, nets: dict[str, nn.Module], public_images: Tensor, *, seed: int, progress=None,  # noqa: ANN001
               target: nn.Module | None = None) -> dict:
         cfg = self.config
-        g = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
-        G, D = nets["generator"].train(), nets["critic"].train()
-        opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-        opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        G, D = nets["generator"], nets["critic"]
+        g, opt_g, opt_d = gan_training_start(G, D, cfg, seed)
         x_all = public_images
         n = len(x_all)
         t0 = time.perf_counter()
