@@ -1,71 +1,65 @@
 """Bench reports: ``results.jsonl`` (one line per cell), ``results.csv``, ``results.md`` and a static
-``report.html`` (per target: a heatmap per headline metric, the privacy-utility plane of each attack, and per
-cell one labelled row per attacked identity, its private training images beside its reconstructions; then the
-plan with every skip reason and the environment: versions, device, seeds, cache keys). Every user-supplied
-string in the HTML is escaped.
+``report.html`` (:mod:`~invertkit.core.bench.html`: per target a heatmap per headline metric, the
+privacy-utility plane of each attack, and per cell one labelled row per attacked identity, its private
+training images beside its reconstructions; then the plan with every skip reason and the environment:
+versions, device, seeds, cache keys). Every user-supplied string in the HTML is escaped. What the records
+read as (columns, formatted values, matrices) is :mod:`~invertkit.core.bench.records`; its names and the
+HTML report's are importable from here too.
 Every file is written atomically. While a bench runs, :class:`ResultsStream` appends each finished cell
 to ``results.jsonl`` as it lands (flushed to disk), so an interrupted bench leaves what it finished; the
 final report then rewrites the file whole, every cell once, in plan order."""
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import io
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from invertkit.core.bench.html import (
+    CSS,
+    MAX_IDENTITIES,
+    PALETTE,
+    PRIVATE_PER_ROW,
+    RECON_PER_ROW,
+    PrivateRows,
+    References,
+    e,
+    heat,
+    img_tag,
+    scatter_svg,
+    strip_png,
+    write_html,
+)
+from invertkit.core.bench.records import (
+    COLUMNS,
+    HEADLINES,
+    RECORD_KEYS,
+    cell_text,
+    columns,
+    defense_labels,
+    environment,
+    flat,
+    fmt,
+    headlines,
+    matrix,
+    skips,
+)
 from invertkit.core.bench.runner import METRIC_KEYS, CellOutcome
-from invertkit.core.cache import atomic_write_bytes, atomic_write_text
+from invertkit.core.cache import atomic_write_text
 
-RECORD_KEYS = ("attack", "defense", "target", "mode", "status", "reason")
-COLUMNS = (*RECORD_KEYS, *METRIC_KEYS)
-#: the headline matrices: one opinion (the evaluation model), the independent judge, and where they disagree
-HEADLINES = (("acc@1", "attack acc@1 (evaluation model)"),
-             ("judge_acc", "judge's acc@1 (ensemble of other evaluation models)"),
-             ("adversarial_rate", "adversarial rate (accepted by the evaluation model, rejected by the judge)"),
-             ("nn_pixel_acc", "nearest private training image (pixel space) is the attacked identity"))
-
-
-def fmt(v: Any, key: str = "") -> str:
-    if v is None or v == "" or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    if key == "queries":
-        return f"{int(v):,}"
-    if key == "seconds":
-        return f"{v:.1f}"
-    if isinstance(v, float):
-        return f"{v:.3f}"
-    return str(v)
-
-
-def columns(records: list[dict[str, Any]]) -> tuple[str, ...]:
-    """The fixed columns, then any further metric keys the cells report, in first-seen order."""
-    extra = [k for r in records for k in r.get("metrics", {}) if k not in COLUMNS]
-    return COLUMNS + tuple(dict.fromkeys(extra))
-
-
-def flat(record: dict[str, Any], cols: tuple[str, ...] = COLUMNS) -> dict[str, Any]:
-    row = {k: record.get(k, "deployed" if k == "mode" else "") for k in RECORD_KEYS}
-    for k in cols[len(RECORD_KEYS):]:
-        row[k] = record.get("metrics", {}).get(k, "")
-    return row
-
-
-def headlines(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """The headline metrics some cell reports, in :data:`HEADLINES` order."""
-    seen = {k for r in records for k in r.get("metrics", {})}
-    return [(k, label) for k, label in HEADLINES if k in seen] or [HEADLINES[0]]
-
-
-def skips(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in records if r["status"] in ("skipped", "failed")]
+#: the text reports' own names, and those of records.py and html.py this module has always exported
+__all__ = [
+    "cell_text", "CellOutcome", "COLUMNS", "columns", "CSS", "defense_labels", "e", "environment", "flat",
+    "fmt", "grid_png", "HEADLINES", "headlines", "heat", "img_tag", "markdown", "matrix", "MAX_IDENTITIES",
+    "METRIC_KEYS", "PALETTE", "PRIVATE_PER_ROW", "PrivateRows", "RECON_PER_ROW", "RECORD_KEYS", "References",
+    "ResultsStream", "scatter_svg", "skips", "strip_png", "write_csv", "write_html", "write_jsonl",
+    "write_report",
+]
 
 
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
@@ -95,25 +89,6 @@ def write_csv(path: Path, records: list[dict[str, Any]]) -> None:
     for r in records:
         w.writerow(flat(r, cols))
     atomic_write_text(path, buf.getvalue())
-
-
-def matrix(records: list[dict[str, Any]], key: str = "acc@1") -> tuple[list[str], list[str], dict]:
-    attacks = list(dict.fromkeys(r["attack"] for r in records))
-    defenses = list(dict.fromkeys(r["defense"] for r in records))
-    cell = {}
-    for r in records:
-        cell[(r["target"], r["attack"], r["defense"])] = r
-    return attacks, defenses, cell
-
-
-def cell_text(r: dict[str, Any] | None, key: str) -> str:
-    if r is None:
-        return ""
-    if r["status"] == "skipped":
-        return "skipped"
-    if r["status"] == "failed":
-        return "FAILED"
-    return fmt(r["metrics"].get(key), key)
 
 
 def markdown(records: list[dict[str, Any]], title: str = "invertkit bench") -> str:
@@ -166,329 +141,6 @@ def grid_png(images: torch.Tensor, nrow: int) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def heat(v: Any) -> str:
-    if not isinstance(v, (int, float)) or math.isnan(v):
-        return "#eee"
-    v = max(0.0, min(1.0, float(v)))
-    return f"hsl({int(120 * (1 - v))}, 70%, {int(85 - 30 * v)}%)"
-
-
-#: how much of each cell the report shows: identities (rows) per cell, private images and reconstructions per row
-MAX_IDENTITIES = 10
-PRIVATE_PER_ROW = 4
-RECON_PER_ROW = 8
-#: (images, labels) of a target's private training split, optionally with the dataset's class ids of its labels
-References = dict[str, tuple]
-
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f",
-           "#bcbd22")
-CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;max-width:1600px;padding:0 1em;color:#222}
-h1{margin-bottom:.2em}h2{margin-top:2em;border-bottom:2px solid #ddd;padding-bottom:.2em}h3{margin-top:1.5em}
-h4{margin:.2em 0 .4em;font-size:1em}h4.group{font-size:1.1em;margin:1.2em 0 .5em}
-.lead{color:#555;margin-top:0}.note{color:#666;font-size:.9em}
-nav{background:#f6f6f6;padding:.5em 1em;border-radius:6px}nav a{margin-right:1em}
-table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:center}
-th{background:#f3f3f3}.heat{font-size:.92em}.heat td{min-width:4.5em}.heat tr.nat td,.heat tr.nat th{background:#fafafa;font-style:italic}
-.row{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}
-.card{border:1px solid #ccc;border-radius:6px;padding:.5em .8em;background:#fff}
-.card table td,.card table th{border:none;padding:2px 6px;text-align:left;vertical-align:middle}
-.card .id{font-weight:600;white-space:nowrap}.card .sub{color:#777;font-weight:normal;font-size:.85em}
-img{image-rendering:pixelated;display:block}
-.plan td,.plan th,.keys td,.keys th{text-align:left}.plan td.reason{max-width:48em}
-.ok{color:#1a7f37}.skipped{color:#777}.failed{color:#c00;font-weight:600}
-.mode{display:inline-block;padding:0 .4em;border-radius:3px;background:#e8f0fe;font-size:.85em}
-.mode.adaptive{background:#fde2e1}
-code{background:#f3f3f3;padding:0 .2em;border-radius:3px}
-dl.env{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}dl.env dt{font-weight:600}dl.env dd{margin:0}
-svg text{font-family:system-ui,sans-serif}
-"""
-
-
-def e(v: Any) -> str:
-    """``v`` as HTML text or a (quoted) attribute value: every user-supplied string goes through this."""
-    return html.escape(str(v), quote=True)
-
-
-def strip_png(images: torch.Tensor) -> tuple[str, int, int]:
-    """One row of images as a base64 PNG (native resolution, a 1-pixel grey gap), with its width and height."""
-    from PIL import Image
-    from torchvision.utils import make_grid
-
-    g = make_grid(images.detach().float().cpu(), nrow=len(images), padding=1, pad_value=0.5)
-    arr = (g.nan_to_num(0.0).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    img = Image.fromarray(arr if arr.shape[2] == 3 else arr[:, :, 0])
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode(), img.width, img.height
-
-
-def img_tag(images: torch.Tensor, alt: str) -> str:
-    b64, w, h = strip_png(images)
-    scale = max(1, math.ceil(32 / max(1, h - 2)))  # small images (8x8 digits) shown 4x, pixels kept sharp
-    return f"<img src='data:image/png;base64,{b64}' width='{w * scale}' height='{h * scale}' alt='{e(alt)}'>"
-
-
-def _ok(r: dict[str, Any], key: str) -> float | None:
-    v = r.get("metrics", {}).get(key) if r.get("status") == "ok" else None
-    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
-
-
-def _natural(records: list[dict[str, Any]], t: str, d: str) -> float | None:
-    vals = [v for r in records if r["target"] == t and r["defense"] == d and (v := _ok(r, "natural_acc")) is not None]
-    return vals[0] if vals else None
-
-
-def defense_labels(records: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
-    """(defense, its config as JSON) -> the label of that point: the defense's name, with the options that differ
-    between its configurations where the same defense appears at more than one strength."""
-    configs: dict[str, dict[str, dict]] = {}
-    for r in records:
-        if r.get("status") != "ok":  # a skipped or failed cell has no configuration to tell apart
-            continue
-        cfg = r.get("defense_config") or {}
-        configs.setdefault(r["defense"], {})[json.dumps(cfg, sort_keys=True, default=str)] = cfg
-    out = {}
-    for d, by_json in configs.items():
-        for js, cfg in by_json.items():
-            if len(by_json) == 1:
-                out[d, js] = d
-                continue
-            differ = [k for k in cfg if len({json.dumps(c.get(k), sort_keys=True, default=str)
-                                             for c in by_json.values()}) > 1]
-            out[d, js] = f"{d} (" + ", ".join(f"{k}={fmt(cfg.get(k))}" for k in differ) + ")"
-    return out
-
-
-def scatter_svg(records: list[dict[str, Any]], t: str, attack: str) -> str:
-    """The privacy-utility plane of one attack on target ``t``: x = the defended target's natural accuracy,
-    y = the attack's acc@1, one labelled point per defense (and strength)."""
-    labels = defense_labels(records)
-    colors = {lab: PALETTE[i % len(PALETTE)] for i, lab in enumerate(dict.fromkeys(labels.values()))}
-    pts = []
-    for r in records:
-        if r["target"] != t or r["attack"] != attack:
-            continue
-        x, y = _ok(r, "natural_acc"), _ok(r, "acc@1")
-        if x is None or y is None:
-            continue
-        js = json.dumps(r.get("defense_config") or {}, sort_keys=True, default=str)
-        pts.append((x, y, labels.get((r["defense"], js), r["defense"]), r))
-    if not pts:
-        return ""
-    W, H, L, R, T, B = 400, 330, 48, 16, 14, 42
-    pw, ph = W - L - R, H - T - B
-    X = lambda v: L + v * pw  # noqa: E731
-    Y = lambda v: T + (1 - v) * ph  # noqa: E731
-    s = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{W}' height='{H}' viewBox='0 0 {W} {H}' role='img' "
-         f"aria-label='{e(attack)}: attack accuracy against natural accuracy'>",
-         f"<rect x='{L}' y='{T}' width='{pw}' height='{ph}' fill='#fcfcfc' stroke='#999'/>"]
-    for i in range(6):
-        v = i / 5
-        s.append(f"<line x1='{X(v):.1f}' y1='{T}' x2='{X(v):.1f}' y2='{T + ph}' stroke='#e5e5e5'/>"
-                 f"<line x1='{L}' y1='{Y(v):.1f}' x2='{L + pw}' y2='{Y(v):.1f}' stroke='#e5e5e5'/>"
-                 f"<text x='{X(v):.1f}' y='{T + ph + 14}' font-size='10' text-anchor='middle'>{v:.1f}</text>"
-                 f"<text x='{L - 5}' y='{Y(v) + 3:.1f}' font-size='10' text-anchor='end'>{v:.1f}</text>")
-    s.append(f"<text x='{L + pw / 2}' y='{H - 6}' font-size='11' text-anchor='middle'>natural accuracy of the defended "
-             f"target (utility &#8594;)</text>"
-             f"<text transform='translate(12 {T + ph / 2}) rotate(-90)' font-size='11' text-anchor='middle'>attack acc@1 "
-             f"(leakage &#8594;)</text>")
-    placed: list[tuple[float, float, float, float]] = []
-    for x, y, label, r in sorted(pts, key=lambda p: (-p[1], p[0])):
-        cx, cy = X(x), Y(y)
-        color = colors.get(label, "#333")
-        tip = f"{label}: natural acc {x:.3f}, acc@1 {y:.3f} ({r.get('mode', 'deployed')})"
-        s.append(f"<circle cx='{cx:.1f}' cy='{cy:.1f}' r='4.5' fill='{color}' stroke='#fff'><title>{e(tip)}</title></circle>")
-        w = 6.2 * len(label) + 2
-        box = None
-        for dx, dy, anchor in ((7, 4, "start"), (-7, 4, "end"), (7, -8, "start"), (-7, -8, "end"), (7, 15, "start"),
-                               (-7, 15, "end"), (7, -20, "start"), (-7, -20, "end"), (7, 26, "start"), (-7, 26, "end")):
-            x0 = cx + dx if anchor == "start" else cx + dx - w
-            cand = (x0, cy + dy - 10, x0 + w, cy + dy + 2)
-            inside = cand[0] >= L and cand[2] <= L + pw and cand[1] >= T and cand[3] <= T + ph
-            if inside and not any(cand[0] < b[2] and b[0] < cand[2] and cand[1] < b[3] and b[1] < cand[3] for b in placed):
-                box = (dx, dy, anchor, cand)
-                break
-        if box is None:  # crowded: the label goes where it overlaps least badly, the tooltip says the rest
-            box = (7, 4, "start", (cx + 7, cy - 6, cx + 7 + w, cy + 6)) if cx + 7 + w <= L + pw else \
-                  (-7, 4, "end", (cx - 7 - w, cy - 6, cx - 7, cy + 6))
-        dx, dy, anchor, cand = box
-        placed.append(cand)
-        s.append(f"<text x='{cx + dx:.1f}' y='{cy + dy:.1f}' font-size='11' fill='{color}' text-anchor='{anchor}'>"
-                 f"{e(label)}</text>")
-    s.append("</svg>")
-    return "".join(s)
-
-
-def _heatmaps(records: list[dict[str, Any]], t: str, attacks: list[str], defenses: list[str], cell: dict) -> list[str]:
-    h = ["<div class='row'>"]
-    for key, label in headlines(records):
-        h.append(f"<div><h4>{e(label)}</h4><table class='heat'><tr><th>attack \\ defense</th>")
-        h += [f"<th>{e(d)}</th>" for d in defenses] + ["</tr>"]
-        for a in attacks:
-            h.append(f"<tr><th>{e(a)}</th>")
-            for d in defenses:
-                r = cell.get((t, a, d))
-                v = _ok(r, key) if r else None
-                tip = f"{a} × {d}: {r['status']}" + (f": {r['reason']}" if r.get("reason") else "") if r else ""
-                h.append(f"<td title='{e(tip)}' style='background:{heat(v)}'>{e(cell_text(r, key))}</td>")
-            h.append("</tr>")
-        h.append("<tr class='nat'><th>natural acc</th>"
-                 + "".join(f"<td>{e(fmt(_natural(records, t, d)))}</td>" for d in defenses) + "</tr></table></div>")
-    h.append("</div>")
-    return h
-
-
-class PrivateRows:
-    """A target's private training split as the report shows it: identity -> an <img> of its first
-    :data:`PRIVATE_PER_ROW` images (made on first use: only attacked identities are drawn), and its dataset class."""
-
-    def __init__(self, ref: tuple | None) -> None:
-        self.images, self.labels = (ref[0], torch.as_tensor(ref[1])) if ref else (None, None)
-        self.classes = tuple(ref[2]) if ref and len(ref) > 2 and ref[2] is not None else ()
-        self._tags: dict[int, str] = {}
-
-    def tag(self, i: int) -> str | None:
-        if self.images is None:
-            return None
-        if i not in self._tags:
-            sel = self.images[self.labels == i][:PRIVATE_PER_ROW]
-            self._tags[i] = img_tag(sel, f"private training images of identity {i}") if len(sel) else ""
-        return self._tags[i] or None
-
-    def dataset_class(self, i: int) -> str | None:
-        return str(self.classes[i]) if 0 <= i < len(self.classes) else None
-
-
-def _cell_card(o: CellOutcome, private: PrivateRows) -> str:
-    r = o.record
-    mode = r.get("mode", "deployed")
-    labels = torch.as_tensor(o.labels)
-    ids = torch.unique(labels).tolist()
-    per = max(int((labels == i).sum()) for i in ids)
-    facts = " · ".join(f"{k} {fmt(r['metrics'].get(k), k)}" for k in ("acc@1", "judge_acc") if k in r["metrics"])
-    shown = f"{min(per, RECON_PER_ROW)} of {per} per identity" if per > RECON_PER_ROW else f"{per} per identity"
-    h = [f"<div class='card'><h4>{e(r['attack'])} &times; {e(r['defense'])} <span class='mode {e(mode)}'>{e(mode)}</span>"
-         f" <span class='sub'>{e(facts)}</span></h4><table><tr><th>identity</th><th>private (training set)</th>"
-         f"<th>reconstructions <span class='sub'>({e(shown)})</span></th></tr>"]
-    for i in ids[:MAX_IDENTITIES]:
-        recon = o.images[labels == i]
-        cls = private.dataset_class(int(i))
-        sub = f" <span class='sub'>(class {e(cls)})</span>" if cls is not None and cls != str(i) else ""
-        priv = private.tag(int(i)) or "<span class='note'>not available</span>"
-        h.append(f"<tr><td class='id'>identity {e(i)}{sub}</td><td>{priv}</td>"
-                 f"<td>{img_tag(recon[:RECON_PER_ROW], f'reconstructions of identity {i}')}</td></tr>")
-    h.append("</table>")
-    if len(ids) > MAX_IDENTITIES:
-        h.append(f"<p class='note'>the first {MAX_IDENTITIES} of {len(ids)} attacked identities</p>")
-    h.append("</div>")
-    return "".join(h)
-
-
-def _plan_table(records: list[dict[str, Any]]) -> list[str]:
-    h = ["<table class='plan'><tr><th>attack</th><th>defense</th><th>target</th><th>mode</th><th>status</th>"
-         "<th>reason / note</th></tr>"]
-    for r in records:
-        status = r["status"]
-        note = r.get("reason") or ("from the cache" if r.get("cached") else "computed" if status == "ok" else "")
-        h.append(f"<tr><td>{e(r['attack'])}</td><td>{e(r['defense'])}</td><td>{e(r['target'])}</td>"
-                 f"<td>{e(r.get('mode', 'deployed'))}</td><td class='{e(status)}'>{e(status)}</td>"
-                 f"<td class='reason'>{e(note)}</td></tr>")
-    h.append("</table>")
-    return h
-
-
-def environment(records: list[dict[str, Any]], command: str | None = None) -> dict[str, str]:
-    import datetime
-    import platform
-
-    import invertkit
-
-    try:
-        import torchvision
-        tv = torchvision.__version__
-    except Exception:  # noqa: BLE001 - a version line is not worth failing a report
-        tv = "–"
-    if torch.cuda.is_available():
-        device = f"cuda: {torch.cuda.get_device_name(0)} (x{torch.cuda.device_count()})"
-    else:
-        device = "cpu"
-    seeds = sorted({r["seed"] for r in records if r.get("seed") is not None}, key=str)
-    computed = sorted({str(r["invertkit"]) for r in records if r.get("invertkit")})
-    env = {
-        "invertkit": invertkit.__version__ + (f" (cells computed by {', '.join(computed)})"
-                                              if computed and computed != [invertkit.__version__] else ""),
-        "torch": torch.__version__,
-        "torchvision": tv,
-        "python": f"{platform.python_version()} ({platform.python_implementation()})",
-        "platform": platform.platform(),
-        "device (report host)": device,
-        "seeds": ", ".join(map(str, seeds)) or "–",
-        "written": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
-    if command:
-        env["command"] = command
-    return env
-
-
-def write_html(path: Path, outcomes: list[CellOutcome], title: str, references: References | None = None,
-               command: str | None = None) -> None:
-    records = [o.record for o in outcomes]
-    attacks, defenses, cell = matrix(records)
-    targets = list(dict.fromkeys(r["target"] for r in records))
-    counts = {s: sum(r["status"] == s for r in records) for s in ("ok", "skipped", "failed")}
-    h = [f"<!doctype html><html lang='en'><meta charset='utf-8'><title>{e(title)}</title>",
-         f"<meta name='viewport' content='width=device-width'><style>{CSS}</style>",
-         f"<h1>{e(title)}</h1><p class='lead'>{len(records)} cells: {counts['ok']} ok, {counts['skipped']} skipped, "
-         f"{counts['failed']} failed; {len(attacks)} attacks &times; {len(defenses)} defenses &times; "
-         f"{len(targets)} target{'s' if len(targets) != 1 else ''}.</p>"]
-    if any(r.get("mode") == "adaptive" for r in records):
-        h.append("<p><b>Adaptive attackers</b>: white-box attacks hold the weights and pass output defenses by BPDA; "
-                 "these are not the deployed figures.</p>")
-    nav = []
-    for i, t in enumerate(targets):
-        nav.append(f"<a href='#t{i}'>target {e(t)}</a>")
-    h.append("<nav>" + "".join(nav) + "<a href='#plan'>plan</a><a href='#env'>environment</a></nav>")
-    for i, t in enumerate(targets):
-        h.append(f"<h2 id='t{i}'>target {e(t)}</h2>")
-        h.append("<h3>headline metrics</h3><p class='note'>red = more leakage; hover a cell for its status and reason. "
-                 "The last row is the defended target's accuracy on held-out private images.</p>")
-        h += _heatmaps(records, t, attacks, defenses, cell)
-        plots = [(a, scatter_svg(records, t, a)) for a in attacks]
-        plots = [(a, svg) for a, svg in plots if svg]
-        if plots:
-            h.append("<h3>privacy–utility</h3><p class='note'>One plane per attack, one point per defense: right is "
-                     "more useful, up is more leakage; a good defense sits bottom right.</p><div class='row'>")
-            h += [f"<div><h4>{e(a)}</h4>{svg}</div>" for a, svg in plots]
-            h.append("</div>")
-        private = PrivateRows((references or {}).get(t))
-        h.append("<h3>reconstructions</h3><p class='note'>Each row: one attacked identity, a few of its private "
-                 f"training images (the evaluator's side; the attacker never sees them), then up to {RECON_PER_ROW} "
-                 "of its reconstructions. Skipped and failed cells are in the plan below.</p>")
-        for a in attacks:
-            cards = [_cell_card(o, private) for o in outcomes
-                     if o.record["target"] == t and o.record["attack"] == a and o.images is not None
-                     and o.labels is not None and len(o.images)]
-            if cards:
-                h.append(f"<h4 class='group'>{e(a)}</h4><div class='row'>" + "".join(cards) + "</div>")
-    h.append("<h2 id='plan'>plan</h2><p class='note'>Every cell, in plan order, with the reason for each skip or "
-             "failure.</p>")
-    h += _plan_table(records)
-    h.append("<h2 id='env'>environment</h2><dl class='env'>")
-    h += [f"<dt>{e(k)}</dt><dd><code>{e(v)}</code></dd>" for k, v in environment(records, command).items()]
-    h.append("</dl>")
-    keyed = [r for r in records if r.get("key")]
-    if keyed:
-        h.append("<details open><summary>cache keys of the computed cells</summary><table class='keys'><tr><th>attack</th>"
-                 "<th>defense</th><th>target</th><th>seed</th><th>key</th><th>cached</th></tr>")
-        h += [f"<tr><td>{e(r['attack'])}</td><td>{e(r['defense'])}</td><td>{e(r['target'])}</td>"
-              f"<td>{e(r.get('seed', '–'))}</td><td><code>{e(r['key'])}</code></td>"
-              f"<td>{'yes' if r.get('cached') else 'no'}</td></tr>" for r in keyed]
-        h.append("</table></details>")
-    h.append("</html>")
-    atomic_write_bytes(path, "\n".join(h).encode())
 
 
 def write_report(out_dir: str | Path, outcomes: list[CellOutcome], title: str = "invertkit bench", *,

@@ -6,31 +6,50 @@ Where data is looked for (:func:`data_roots`): the preset's ``root`` if one is g
 adapter's known system locations (e.g. Debian's ``/usr/share/datasets/<name>``). When nothing is found the
 adapter raises :class:`~invertkit.core.errors.DataNotFoundError` naming every path it tried and the layout
 it expects.
+
+The readers live in :mod:`~invertkit.core.data.idx` (IDX files) and :mod:`~invertkit.core.data.images`
+(folders of image files); adapters import them from here.
 """
 
 from __future__ import annotations
 
-import gzip
 import os
-import struct
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from invertkit.core.data.idx import find_idx, idx_split_files, load_idx_pairs, read_idx
+from invertkit.core.data.images import IMAGE_EXTENSIONS, Box, center_box, list_images, load_image_files
 from invertkit.core.errors import DataNotFoundError, UsageError
 from invertkit.core.interfaces.config import ComponentConfig, build_config
+
+__all__ = [
+    "DEBIAN_DATASETS",
+    "ENV_DATA",
+    "IMAGE_EXTENSIONS",
+    "Box",
+    "DatasetAdapter",
+    "Split",
+    "center_box",
+    "data_roots",
+    "find_idx",
+    "identity_split",
+    "idx_split_files",
+    "list_images",
+    "load_idx_pairs",
+    "load_image_files",
+    "locate",
+    "read_idx",
+]
 
 ENV_DATA = "INVERTKIT_DATA"
 #: Debian's ``dataset-*`` packages install here (e.g. ``dataset-fashion-mnist``)
 DEBIAN_DATASETS = Path("/usr/share/datasets")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".pgm")
 
 T = TypeVar("T")
 
@@ -105,152 +124,7 @@ def locate(
     raise DataNotFoundError(msg + f" ({how})")
 
 
-# ---------------------------------------------------------------------------------------------- IDX files
-_IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
-
-
-def _read_bytes(path: Path) -> bytes:
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    try:
-        if magic == b"\x1f\x8b":  # gzip, whatever the file is called
-            with gzip.open(path, "rb") as fh:
-                return fh.read()
-        return path.read_bytes()
-    except (OSError, EOFError) as exc:
-        raise DataNotFoundError(f"{path}: cannot be read ({exc})") from None
-
-
-def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
-    """An IDX file (LeCun's MNIST format: magic ``00 00 <type> <ndim>``, big-endian uint32 dims, data),
-    plain or gzipped, as a numpy array."""
-    path = Path(path)
-    raw = _read_bytes(path)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DataNotFoundError(f"{path}: not an IDX file (magic bytes {raw[:4].hex() or 'missing'})")
-    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataNotFoundError(f"{path}: truncated IDX header")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    count = int(np.prod(dims)) if dims else 1
-    if len(raw) - header < count * dtype.itemsize:
-        raise DataNotFoundError(f"{path}: truncated IDX file ({len(raw) - header} data bytes, dims {dims} need "
-                                f"{count * dtype.itemsize})")
-    return np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
-
-
-def find_idx(folder: Path, stem: str) -> Path | None:
-    """``folder/stem`` or ``folder/stem.gz``, also under the ``stem`` spelled with a dot before ``idx``
-    (``train-images.idx3-ubyte``, as some mirrors name them)."""
-    for s in (stem, stem.replace("-idx", ".idx")):
-        for cand in (folder / s, folder / f"{s}.gz"):
-            if cand.is_file():
-                return cand
-    return None
-
-
-def idx_split_files(folder: Path, prefixes: Sequence[str] = ("train", "t10k")) -> list[tuple[Path, Path]] | None:
-    """The complete ``(<prefix>-images-idx3-ubyte, <prefix>-labels-idx1-ubyte)`` pairs in ``folder``, or
-    ``None`` when there is none; an images file without its labels (or the reverse) is an error."""
-    pairs = []
-    for pre in prefixes:
-        img, lab = find_idx(folder, f"{pre}-images-idx3-ubyte"), find_idx(folder, f"{pre}-labels-idx1-ubyte")
-        if (img is None) != (lab is None):
-            have, miss = (img, "labels") if lab is None else (lab, "images")
-            raise DataNotFoundError(f"{folder}: found {have.name} but not its {pre}-{miss}-idx*-ubyte[.gz] partner")
-        if img is not None and lab is not None:
-            pairs.append((img, lab))
-    return pairs or None
-
-
-def load_idx_pairs(pairs: Sequence[tuple[Path, Path]]) -> tuple[Tensor, Tensor]:
-    """Images ``(N, 1, H, W)`` in ``[0, 1]`` and labels of IDX (images, labels) pairs, concatenated in order."""
-    xs, ys = [], []
-    for img_path, lab_path in pairs:
-        imgs, labs = read_idx(img_path), read_idx(lab_path)
-        if imgs.ndim != 3 or labs.ndim != 1 or len(imgs) != len(labs):
-            raise DataNotFoundError(f"{img_path.name} {tuple(imgs.shape)} and {lab_path.name} {tuple(labs.shape)} "
-                                    "are not an (N, H, W) image file and its (N,) labels")
-        xs.append(torch.from_numpy(np.ascontiguousarray(imgs)))
-        ys.append(torch.from_numpy(labs.astype(np.int64)))
-    x = torch.cat(xs).unsqueeze(1)
-    x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-    return x, torch.cat(ys)
-
-
-# ---------------------------------------------------------------------------------------------- image files
-def list_images(folder: Path) -> list[Path]:
-    """Every image file under ``folder`` (recursively, hidden entries skipped), sorted by relative path."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for f in filenames:
-            if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS):
-                out.append(Path(dirpath) / f)
-    return sorted(out, key=lambda p: p.relative_to(folder).as_posix())
-
-
-Box = tuple[int, int, int, int]
-
-
-def center_box(width: int, height: int, crop_w: int, crop_h: int) -> Box:
-    """The ``(left, top, right, bottom)`` box of a ``crop_w x crop_h`` crop at offset
-    ``((height - crop_h) // 2, (width - crop_w) // 2)``."""
-    left, top = (width - crop_w) // 2, (height - crop_h) // 2
-    return left, top, left + crop_w, top + crop_h
-
-
-def load_image_files(
-    paths: Sequence[Path],
-    *,
-    size: int | tuple[int, int],
-    channels: int = 3,
-    crop: Callable[[int, int], Box | None] | None = None,
-    workers: int | None = None,
-) -> Tensor:
-    """Decode ``paths`` with Pillow into one ``(N, channels, H, W)`` float tensor in ``[0, 1]``:
-    each image is converted to RGB (``channels=3``) or grey (``1``), cropped to ``crop(width, height)``
-    when given, and resized to ``size`` (bilinear, Pillow's antialiased resampling). Decoding runs on a
-    thread pool (Pillow releases the GIL while decoding)."""
-    from PIL import Image, UnidentifiedImageError
-
-    if channels not in (1, 3):
-        raise UsageError(f"channels must be 1 or 3, got {channels}")
-    h, w = (size, size) if isinstance(size, int) else size
-    mode = "RGB" if channels == 3 else "L"
-    out = torch.empty((len(paths), channels, h, w), dtype=torch.float32)
-
-    def one(i: int) -> None:
-        p = paths[i]
-        try:
-            with Image.open(p) as im:
-                im = im.convert(mode)
-                if crop is not None:
-                    box = crop(*im.size)
-                    if box is not None:
-                        im = im.crop(box)
-                if im.size != (w, h):
-                    im = im.resize((w, h), Image.BILINEAR)
-                a = np.asarray(im, dtype=np.uint8)
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            raise DataNotFoundError(f"{p}: not a readable image ({exc})") from None
-        t = torch.from_numpy(a.copy())
-        t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
-        out[i] = t.float().div_(255.0)
-
-    n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
-    if n_workers <= 1 or len(paths) < 16:
-        for i in range(len(paths)):
-            one(i)
-    else:
-        with ThreadPoolExecutor(max_workers=n_workers) as pool:
-            for _ in pool.map(one, range(len(paths))):
-                pass
-    return out
-
-
+# ---------------------------------------------------------------------------------------------- the split
 @dataclass
 class Split:
     """The private set (the target's training data; labels re-indexed 0..K-1) and the public set (the prior's)."""
