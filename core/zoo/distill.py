@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from invertkit.core import progress
 from invertkit.core.errors import ConfigError, ShapeError, UsageError
 from invertkit.core.zoo.arch import build_architecture
 from invertkit.core.zoo.train import fit
@@ -238,9 +239,12 @@ def augmented_models(
             torch.manual_seed(s)
             return build_architecture(plugins, arch, teacher.num_classes, shape, opts).to(teacher.device)
 
-        def train(build=build, s: int = student_seed) -> nn.Module:  # noqa: ANN001
+        def train(build=build, s: int = student_seed, arch: str = arch) -> nn.Module:  # noqa: ANN001
             net = build()
-            distill(net_teacher, net, public_images, variant=variant, seed=s, augment=augment, **cfg)
+            with progress.task(f"MA: distilling student '{arch}' from the target's answers", total=cfg["epochs"],
+                               unit="epoch") as t:
+                report = distill(net_teacher, net, public_images, variant=variant, seed=s, augment=augment, **cfg)
+                t.advance(report.epochs, info=f"agreement {report.agreement:.3f}")
             return net
 
         if cache is None:
