@@ -25,7 +25,8 @@ from invertkit.core.interfaces.prior import Prior
 from invertkit.core.optim import optimise
 from invertkit.core.testing.contracts import AttackContract, TinyPrior, torch_threads
 from invertkit.core.testing.strategies import make_tiny_target
-from invertkit.plugins.attacks.ppa import PPA, random_resized_crop
+from invertkit.core.augment import random_resized_crop
+from invertkit.plugins.attacks.ppa import PPA
 from invertkit.plugins.attacks.random_prior import RandomPrior
 from invertkit.plugins.priors.stylegan2 import (StyleGAN2Builder, StyleGAN2Prior, Upsample, load_generator,
                                                 save_generator)

@@ -15,7 +15,7 @@ from invertkit.core.errors import CapabilityError, QueryBudgetExceeded
 from invertkit.core.interfaces import ACCESS_LEVELS, Restricted, TargetModel, TorchTarget
 from invertkit.core.interfaces.results import AttackResult
 from invertkit.core.testing.contracts import AttackContract, torch_threads
-from invertkit.plugins.attacks.gmi import GMI
+from invertkit.plugins.attacks.gan_search import GMI
 from invertkit.plugins.attacks.mi_face import MIFace, total_variation
 from invertkit.plugins.attacks.nes import NES
 from invertkit.plugins.attacks.random_prior import RandomPrior

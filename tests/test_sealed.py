@@ -206,7 +206,7 @@ def test_a_deployed_rounding_api_releases_no_gradient() -> None:
 # ------------------------------------------------------------------ derived artifacts are paid for in queries
 def test_ma_students_are_distilled_through_the_view_and_paid_for(tiny_scenario, plugins) -> None:  # noqa: ANN001
     from invertkit.core.zoo.scenario import derived_cache
-    from invertkit.plugins.attacks.gmi_ma import GMIMA
+    from invertkit.plugins.attacks.gan_search import GMIMA
 
     public = tiny_scenario.split.public[0][:64]
     cfg = {"iterations": 2, "ma_archs": ["small-mlp"], "distill_epochs": 1}

@@ -44,14 +44,14 @@ def test_no_torch_at_start(args: list[str], tmp_path: Path) -> None:
     imported("list", cwd=tmp_path)  # warm the index cache (the session's INVERTKIT_CACHE)
     proc, mods = imported(*args, cwd=tmp_path)
     assert "torch" not in mods and not any(m.startswith("torch.") for m in mods), sorted(m for m in mods if "torch" in m)
-    assert "invertkit.plugins.attacks.gmi" not in mods  # no plugin module imported to list it
+    assert "invertkit.plugins.attacks.gan_search" not in mods  # no plugin module imported to list it
     if args[0] == "list":
-        assert "  gmi " in proc.stdout and "[gmi]" in proc.stdout
+        assert "  gmi " in proc.stdout and "[gan-search]" in proc.stdout
 
 
 def test_show_imports_only_the_component_module(tmp_path: Path) -> None:
     proc, mods = imported("show", "attack", "gmi", cwd=tmp_path)
-    assert "invertkit.plugins.attacks.gmi" in mods and "https://arxiv.org/abs/1911.07135" in proc.stdout
+    assert "invertkit.plugins.attacks.gan_search" in mods and "https://arxiv.org/abs/1911.07135" in proc.stdout
     assert "invertkit.plugins.attacks.nes" not in mods and "invertkit.plugins.targets.timm_nets" not in mods
 
 

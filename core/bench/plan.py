@@ -4,7 +4,9 @@ capabilities the defended target lacks marked ``skipped`` (and why) before anyth
 Defenses are judged as deployed (:meth:`~invertkit.core.interfaces.defense.Defense.granted`): an API filter
 takes ``grad`` away, so white-box attacks are skipped under it with the reason, unless the plan is
 explicitly ``adaptive`` (an attacker who holds the weights and must still pass the filter; every cell of
-such a plan says so). A prior that learns from the target (KEDMI's GAN, PLG-MI's cGAN) is fitted to the
+such a plan says so). An attack whose ``prior_requires`` (conditional, layered, ...) the target's prior does
+not provide (``PriorBuilder.features``) is skipped with that reason, by the test ``Attack.check`` applies. A
+prior that learns from the target (KEDMI's GAN, PLG-MI's cGAN) is fitted to the
 defended target, so its needs (``target_requires``) are checked against what the defense leaves too."""
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any
 from invertkit.core.cache import content_key
 from invertkit.core.catalog import BenchSpec, Catalog
 from invertkit.core.errors import UsageError
-from invertkit.core.interfaces.capability import ACCESS_LEVELS, Capability as C, describe
+from invertkit.core.interfaces.attack import prior_shortfall
+from invertkit.core.interfaces.capability import ACCESS_LEVELS, Capability as C, describe, missing
 from invertkit.core.interfaces.config import build_config
 from invertkit.core.plugins import Plugins
 from invertkit.core.registry import unknown
@@ -158,21 +161,20 @@ def skip_reason(catalog: Catalog, plugins: Plugins, a_cls: Any, defense: Any, ta
     place the bench and ``cli.py run`` decide it."""
     d, t = defense.name, target
     left = defense.granted(target_caps, adaptive=adaptive)
-    missing = frozenset(a_cls.requires) - left
-    if C.GRAD in missing and defense.filters_api and C.GRAD in target_caps and not adaptive:
+    lack = missing(a_cls.requires, left)
+    if C.GRAD in lack and defense.filters_api and C.GRAD in target_caps and not adaptive:
         return (f"white-box: an attacker who holds gradients holds the weights, and '{d}' filters what an API "
                 f"returns, so the white-box figure for '{t}' is the undefended one (an adaptive BPDA attacker "
                 "is opt-in: --adaptive)")
-    if missing:
-        return f"needs {describe(missing)}; '{t}' under '{d}' exposes {describe(left)}"
+    if lack:
+        return f"needs {describe(lack)}; '{t}' under '{d}' exposes {describe(left)}"
     prior_plugin = catalog.preset(catalog.target(t).preset).prior.plugin
     prior_cls = plugins.get("prior", prior_plugin)
-    if getattr(a_cls, "needs_conditional_prior", False) and not getattr(prior_cls, "conditional", False):
-        return f"needs a conditional prior; '{t}' uses '{prior_plugin}', which is not"
-    if getattr(a_cls, "needs_layered_prior", False) and not getattr(prior_cls, "layered", False):
-        return f"needs a prior with layered decoding; '{t}' uses '{prior_plugin}', which has none"
+    lacking_features = prior_shortfall(a_cls, getattr(prior_cls, "features", frozenset()), prior_plugin, target=t)
+    if lacking_features:
+        return lacking_features
     if getattr(a_cls, "needs_prior", True) and getattr(prior_cls, "needs_target", False):
-        lacking = frozenset(getattr(prior_cls, "target_requires", frozenset())) - left
+        lacking = missing(getattr(prior_cls, "target_requires", frozenset()), left)
         if lacking:
             return (f"its prior '{prior_plugin}' learns from the target as defended and needs {describe(lacking)}; "
                     f"'{t}' under '{d}' exposes {describe(left)}")

@@ -12,9 +12,9 @@ from torch import Tensor
 
 from invertkit.core.errors import CapabilityError, UsageError
 from invertkit.core.interfaces.access import seal
-from invertkit.core.interfaces.capability import Capabilities, describe
+from invertkit.core.interfaces.capability import Capabilities, PriorFeatures, describe, explain, missing
 from invertkit.core.interfaces.config import ComponentConfig, build_config
-from invertkit.core.interfaces.prior import Prior
+from invertkit.core.interfaces.prior import Prior, features_of
 from invertkit.core.interfaces.results import AttackResult
 from invertkit.core.interfaces.target import TargetModel
 
@@ -42,6 +42,18 @@ class AttackContext:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+def prior_shortfall(attack_cls: type, provided: PriorFeatures, prior: str, *, target: str | None = None) -> str:
+    """Why a prior providing ``provided`` (named ``prior``) cannot serve ``attack_cls``, or ``""``: the prior
+    features in its ``prior_requires`` that are missing. The one test ``Attack.check`` (on the prior instance)
+    and the bench plan (on the prior builder, before anything runs; ``target`` names the registry target whose
+    preset uses that prior) both apply."""
+    lack = missing(getattr(attack_cls, "prior_requires", frozenset()), provided)
+    if not lack:
+        return ""
+    who = f"'{target}' uses prior '{prior}', which provides" if target else f"prior '{prior}' provides"
+    return f"needs a prior with {explain(lack)}; {who} {describe(provided)}"
+
+
 class AttackConfig(ComponentConfig):
     """Fields every attack understands are declared by each attack itself; this is the common base."""
 
@@ -50,13 +62,17 @@ class Attack(ABC):
     """Base class of every attack plugin.
 
     Class attributes: ``name`` (registry name), ``Config`` (pydantic, paper defaults), ``requires`` (the
-    capabilities the target must expose), ``needs_prior``, ``paper`` (a link) and ``summary``.
+    capabilities the target must expose), ``needs_prior``, ``prior_requires`` (the
+    :class:`~invertkit.core.interfaces.capability.PriorFeature` set the prior must provide, e.g. conditional
+    for PLG-MI, layered for IF-GMI), ``paper`` (a link) and ``summary``. :meth:`check` refuses a target or a
+    prior that falls short before any query; the bench plan skips such cells, with the same reason.
     """
 
     name: ClassVar[str]
     Config: ClassVar[type[ComponentConfig]] = AttackConfig
     requires: ClassVar[Capabilities] = frozenset()
     needs_prior: ClassVar[bool] = True
+    prior_requires: ClassVar[PriorFeatures] = frozenset()
     paper: ClassVar[str] = ""
     summary: ClassVar[str] = ""
 
@@ -66,14 +82,18 @@ class Attack(ABC):
         self.context = context
 
     def check(self, target: TargetModel, prior: Prior | None) -> None:
-        missing = self.requires - target.capabilities
-        if missing:
+        lack = missing(self.requires, target.capabilities)
+        if lack:
             raise CapabilityError(
                 f"attack '{self.name}' needs {describe(self.requires)} but target '{target.name}' "
-                f"exposes {describe(target.capabilities)} (missing {describe(missing)})"
+                f"exposes {describe(target.capabilities)} (missing {describe(lack)})"
             )
-        if self.needs_prior and prior is None:
+        if (self.needs_prior or self.prior_requires) and prior is None:
             raise UsageError(f"attack '{self.name}' needs a prior and none was given")
+        if prior is not None:
+            reason = prior_shortfall(type(self), features_of(prior), getattr(prior, "name", type(prior).__name__))
+            if reason:
+                raise CapabilityError(f"attack '{self.name}' {reason}")
 
     def __call__(self, target: TargetModel, labels: Tensor, *, prior: Prior | None = None, seed: int = 0) -> AttackResult:
         """Check requirements, then :meth:`run` with a seeded generator on the attacker's *view* of ``target``

@@ -1,7 +1,10 @@
-"""Capabilities: what an attacker can obtain from a target.
+"""Capabilities: what an attacker can obtain from a target, and prior features: what a prior provides.
 
-A target declares a set of them, an attack declares the set it ``requires``, and a defense can only take
-capabilities away. The bench drops an attack x defense pair whose requirements are not met, before running.
+A target declares a set of capabilities, an attack declares the set it ``requires``, and a defense can only
+take capabilities away. Likewise a prior provides a set of :class:`PriorFeature` (``Prior.features``,
+``PriorBuilder.features``) and an attack declares the set it needs (``Attack.prior_requires``). Both are
+checked by :func:`missing`, by ``Attack.check`` before a run and by the bench plan before anything runs (an
+attack x defense x target cell whose requirements are not met is skipped, with the reason).
 """
 
 from __future__ import annotations
@@ -47,5 +50,48 @@ def caps(values: Iterable[str | Capability]) -> Capabilities:
     return frozenset(Capability(v) for v in values)
 
 
-def describe(c: Iterable[Capability]) -> str:
+class PriorFeature(str, Enum):
+    """What a prior provides beyond ``decode(z)``; an attack that needs one lists it in ``prior_requires``."""
+
+    CONDITIONAL = "conditional"  # decode(z, labels) draws the given *target* classes (PLG-MI's cGAN)
+    LAYERED = "layered"  # decode_to / decode_from between generator blocks (IF-GMI)
+    STYLE_SPACE = "style-space"  # a mapping z -> w of its own and decode_style (StyleGAN; PPA searches w)
+    DISCRIMINATOR = "discriminator"  # realism(x), a discriminator/critic score (GMI's and KEDMI's prior term)
+
+    def __str__(self) -> str:  # pragma: no cover - cosmetic
+        return self.value
+
+    @property
+    def meaning(self) -> str:
+        """What the feature is, in the words an error message or ``show`` uses."""
+        return _MEANING[self]
+
+
+_MEANING = {
+    PriorFeature.CONDITIONAL: "decodes (z, labels) with the target's classes",
+    PriorFeature.LAYERED: "layered decoding: decode_to/decode_from between generator blocks",
+    PriorFeature.STYLE_SPACE: "a style space of its own (to_style, decode_style)",
+    PriorFeature.DISCRIMINATOR: "a discriminator (realism)",
+}
+
+PriorFeatures = frozenset[PriorFeature]
+
+
+def prior_features(values: Iterable[str | PriorFeature]) -> PriorFeatures:
+    """Parse prior feature names (``"layered"``) into a frozenset of :class:`PriorFeature`."""
+    return frozenset(PriorFeature(v) for v in values)
+
+
+def missing(required: Iterable[Capability | PriorFeature], provided: Iterable[Capability | PriorFeature]) -> frozenset:
+    """What of ``required`` is not ``provided``: the one test of capabilities and prior features alike."""
+    return frozenset(required) - frozenset(provided)
+
+
+def describe(c: Iterable[Capability | PriorFeature]) -> str:
     return "{" + ", ".join(sorted(x.value for x in c)) + "}"
+
+
+def explain(features: Iterable[PriorFeature]) -> str:
+    """``{layered} (layered decoding: ...)``: a feature set with what each member means."""
+    fs = sorted(features, key=lambda f: f.value)
+    return describe(fs) + (" (" + "; ".join(f.meaning for f in fs) + ")" if fs else "")

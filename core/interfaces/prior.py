@@ -11,13 +11,29 @@ import torch
 from torch import Tensor
 
 from invertkit.core.errors import CapabilityError, UsageError
+from invertkit.core.interfaces.capability import PriorFeature, PriorFeatures
+
+
+def features_of(prior: object) -> PriorFeatures:
+    """The :class:`~invertkit.core.interfaces.capability.PriorFeature` set a prior (an instance) provides, read
+    from what it declares: ``conditional``, ``num_blocks > 0`` (layered), ``has_style_space``,
+    ``has_discriminator``. Works for any object with those attributes (missing ones count as absent)."""
+    have = {
+        PriorFeature.CONDITIONAL: bool(getattr(prior, "conditional", False)),
+        PriorFeature.LAYERED: int(getattr(prior, "num_blocks", 0) or 0) > 0,
+        PriorFeature.STYLE_SPACE: bool(getattr(prior, "has_style_space", False)),
+        PriorFeature.DISCRIMINATOR: bool(getattr(prior, "has_discriminator", False)),
+    }
+    return frozenset(f for f, on in have.items() if on)
 
 
 class Prior(ABC):
     """A decoder from a latent space to images in ``[0, 1]`` of ``image_shape``, trained on public data.
 
     ``decode`` must be differentiable in ``z``. ``realism`` (a discriminator/critic score, higher is more
-    realistic) is optional: ``has_discriminator`` says whether it exists.
+    realistic) is optional: ``has_discriminator`` says whether it exists. :attr:`features` is the set of
+    :class:`~invertkit.core.interfaces.capability.PriorFeature` the prior provides, derived from those
+    declarations; ``Attack.check`` compares it with the attack's ``prior_requires``.
     """
 
     name: ClassVar[str] = "prior"
@@ -28,6 +44,11 @@ class Prior(ABC):
 
     latent_shape: tuple[int, ...]
     image_shape: tuple[int, int, int]
+
+    @property
+    def features(self) -> PriorFeatures:
+        """What this prior provides (conditional, layered, style-space, discriminator): see :func:`features_of`."""
+        return features_of(self)
 
     @abstractmethod
     def decode(self, z: Tensor, labels: Tensor | None = None) -> Tensor: ...
@@ -138,6 +159,18 @@ if TYPE_CHECKING:  # pragma: no cover
     from invertkit.core.interfaces.target import TargetModel
 
 
+class _BuilderFeatures:
+    """``PriorBuilder.features``, on the class as on an instance: derived from the builder's declarations."""
+
+    def __get__(self, obj: object, owner: type) -> PriorFeatures:
+        have = set(getattr(owner, "provides", frozenset()))
+        if getattr(owner, "conditional", False):
+            have.add(PriorFeature.CONDITIONAL)
+        if getattr(owner, "layered", False):
+            have.add(PriorFeature.LAYERED)
+        return frozenset(have)
+
+
 class PriorBuilder(ABC):
     """A prior plugin: how to make the networks of a prior, train them on public images, and wrap them.
 
@@ -170,6 +203,12 @@ class PriorBuilder(ABC):
     target_requires: ClassVar[frozenset] = frozenset()
     #: True if the wrapped prior decodes in blocks (``Prior.num_blocks > 0``; IF-GMI needs it)
     layered: ClassVar[bool] = False
+    #: further features the wrapped prior provides (``PriorFeature.DISCRIMINATOR``, ``STYLE_SPACE``), for the plan
+    provides: ClassVar[PriorFeatures] = frozenset()
+    #: the :class:`~invertkit.core.interfaces.capability.PriorFeature` set of the wrapped prior, known before
+    #: it is built: ``conditional`` and ``layered`` as declared, plus ``provides``. The bench plan skips an
+    #: attack whose ``prior_requires`` it does not cover, with the reason
+    features = _BuilderFeatures()
 
     @abstractmethod
     def train(self, nets: dict[str, "torch.nn.Module"], public_images: Tensor, *, seed: int, progress=None,  # noqa: ANN001

@@ -52,13 +52,13 @@ from pydantic import Field, field_validator
 from torch import Tensor
 
 from invertkit.core import losses
-from invertkit.core.errors import CapabilityError, ConfigError
+from invertkit.core.augment import random_resized_crop
+from invertkit.core.errors import ConfigError
 from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.attack import Attack, AttackConfig
-from invertkit.core.interfaces.capability import Capability as C
+from invertkit.core.interfaces.capability import Capability as C, PriorFeature
 from invertkit.core.interfaces.results import AttackResult, empty_result
 from invertkit.core.optim import batched, optimise, selection_confidences
-from invertkit.plugins.attacks.plg_mi import random_augment
 
 #: the paper's L1 radii (main configs ``max_radius_w[0]`` and ``max_radius_mid_vecor[1:]``) divided by the sizes
 #: of the StyleGAN2-1024 tensors they bound: w (512), then the outputs of blocks b4 ... b256
@@ -107,8 +107,8 @@ class IFGMI(Attack):
                "Poincare loss on random crops, Adam; PPA's initial selection.")
     requires = frozenset({C.GRAD, C.LOGITS})
     #: the prior must be layered (``prior.num_blocks > 0``); ``check`` raises CapabilityError otherwise, before
-    #: any query
-    needs_layered_prior = True
+    #: any query, and the bench skips the cell with the reason
+    prior_requires = frozenset({PriorFeature.LAYERED})
 
     class Config(AttackConfig):
         steps: list[int] = Field(
@@ -160,13 +160,6 @@ class IFGMI(Attack):
                 raise ValueError("crop_scale must satisfy 0 < low <= high <= 1")
             return v
 
-    def check(self, target, prior) -> None:  # noqa: ANN001
-        super().check(target, prior)
-        if prior is not None and int(getattr(prior, "num_blocks", 0)) < 1:
-            raise CapabilityError(f"attack '{self.name}' needs a layered prior: "
-                                  f"prior '{getattr(prior, 'name', type(prior).__name__)}' has no "
-                                  "decode_to/decode_from between generator blocks (use 'wgan-gp', 'kedmi-gan' or "
-                                  "'plg-cgan')")
 
     # ------------------------------------------------------------------------------------ pieces
     @torch.no_grad()
@@ -207,8 +200,7 @@ class IFGMI(Attack):
         aug_gen = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
 
         def identity(x: Tensor, yy: Tensor) -> Tensor:
-            v = random_augment(x, aug_gen, scale=cfg.crop_scale, brightness=0.0, contrast=0.0, flip=0.0,
-                               degrees=0.0) if cfg.augment else x
+            v = random_resized_crop(x, aug_gen, cfg.crop_scale, (1.0, 1.0)) if cfg.augment else x
             logits = target.logits(v)
             return loss_fn(logits, yy.to(logits.device)).to(x.device)
 

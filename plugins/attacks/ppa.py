@@ -20,6 +20,9 @@ latent space). Following the official code (github.com/LukasStruppek/Plug-and-Pl
    random transformations (random resized crop of 50-90 % of the area, aspect ratio 0.8-1.2, horizontal flip
    with probability 0.5); the best are kept (the paper keeps 50 of 200).
 
+The transformations are :func:`invertkit.core.augment.random_resized_crop` (torchvision's ``RandomResizedCrop``
+and ``RandomHorizontalFlip`` on kornia, drawn from a generator seeded by the attack's).
+
 The number of images returned for ``y`` is the number of times ``y`` occurs in ``labels`` (the bench's
 samples per identity); ``candidates`` is raised to it if smaller. All identities x candidates are optimised
 as one batch (``batch_size`` splits it) in the shared loop :func:`invertkit.core.optim.optimise`. Each random
@@ -36,41 +39,19 @@ prior, which decodes each identity's candidates with its label), one per candida
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor
 
 from invertkit.core import losses
+from invertkit.core.augment import random_resized_crop
 from invertkit.core.errors import ConfigError
 from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.attack import Attack, AttackConfig
 from invertkit.core.interfaces.capability import Capability as C
 from invertkit.core.interfaces.results import AttackResult
 from invertkit.core.optim import batched, optimise, selection_confidences
-
-
-def random_resized_crop(x: Tensor, generator: torch.Generator, scale: tuple[float, float] = (0.9, 1.0),
-                        ratio: tuple[float, float] = (1.0, 1.0), flip: float = 0.0) -> Tensor:
-    """torchvision's ``RandomResizedCrop`` (+ ``RandomHorizontalFlip(flip)``), one draw per image, differentiable.
-
-    Each image gets a crop of a uniform fraction ``scale`` of its area and a log-uniform aspect ratio in
-    ``ratio`` (each side capped at the full side), at a uniform position, resized back to the image size
-    (bilinear), mirrored with probability ``flip``."""
-    n = x.shape[0]
-    u = torch.rand((n, 5), generator=generator).to(device=x.device, dtype=x.dtype)
-    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
-    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
-    r = torch.exp(log_r)
-    sw, sh = (area * r).sqrt().clamp(max=1.0), (area / r).sqrt().clamp(max=1.0)
-    cx, cy = (1 - sw) * (2 * u[:, 2] - 1), (1 - sh) * (2 * u[:, 3] - 1)
-    mirror = torch.where(u[:, 4] < flip, -1.0, 1.0).to(x.dtype)
-    zero = torch.zeros_like(sw)
-    theta = torch.stack([torch.stack([sw * mirror, zero, cx], 1), torch.stack([zero, sh, cy], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 class PPA(Attack):

@@ -32,7 +32,7 @@ class-conditional flow: the official flow is unconditional per identity, and ind
 identity's optimisation exactly the per-identity one. Because the parameters are independent rows of one
 tensor and the loss is a sum of per-identity losses, VMI runs on the shared loop
 :func:`invertkit.core.optim.optimise` (its per-row parameter model, momentum SGD, non-finite checks) with the
-shared CE identity term (:func:`invertkit.plugins.attacks._identity.identity_term`). All rows start from the
+shared CE identity term (:func:`invertkit.plugins.attacks.identity_terms.identity_term`). All rows start from the
 same initial flow (as the official per-identity runs do: same seed); the permutations are shared.
 
 Differences from the official code, each with the same expected gradient: the KL estimate reuses the step's
@@ -62,7 +62,7 @@ from invertkit.core.interfaces.attack import Attack, AttackConfig
 from invertkit.core.interfaces.capability import Capability as C
 from invertkit.core.interfaces.results import AttackResult
 from invertkit.core.optim import batched, optimise
-from invertkit.plugins.attacks._identity import identity_term
+from invertkit.plugins.attacks.identity_terms import identity_term
 
 LOG_2PI = math.log(2 * math.pi)
 #: Glow's ``Conv2dZeros`` / ``LinearZeros`` multiply their output by ``exp(logscale_factor * logs)``
