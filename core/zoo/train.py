@@ -38,19 +38,9 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512) -> f
     return correct / max(1, len(x))
 
 
-def augment(x: Tensor, generator: torch.Generator, max_shift: int = 1) -> Tensor:
-    """Random translation by up to ``max_shift`` pixels (zero padding): the usual small-image augmentation."""
-    if max_shift <= 0:
-        return x
-    n = x.shape[0]
-    pad = F.pad(x, (max_shift,) * 4)
-    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
-    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
-    h, w = x.shape[2], x.shape[3]
-    rows = (torch.arange(h)[None, :] + dy[:, None])[:, :, None].expand(n, h, w)
-    cols = (torch.arange(w)[None, :] + dx[:, None])[:, None, :].expand(n, h, w)
-    idx = (rows * pad.shape[3] + cols).reshape(n, 1, h * w).expand(n, x.shape[1], h * w)
-    return pad.reshape(n, x.shape[1], -1).gather(2, idx).reshape_as(x)
+#: random translation by up to ``max_shift`` pixels (zero padding), the usual small-image augmentation: one
+#: implementation, :func:`invertkit.core.augment.random_shift`, re-exported under its old name
+from invertkit.core.augment import random_shift as augment  # noqa: E402
 
 
 #: a loss: ``(model, x, y, epoch) -> scalar``; ``epoch`` counts from 0
