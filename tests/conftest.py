@@ -80,6 +80,22 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def scenario(tiny_scenario):
-    """The tiny digits scenario (short name used by the attack test modules)."""
-    return tiny_scenario
+def scenario(request: pytest.FixtureRequest):  # noqa: ANN201
+    """The session's ``tiny_scenario`` (the short name the attack, backend and metric tests use); requested
+    from here, under one torch thread, so that if the requesting module is the first to need it, it trains on
+    one thread (a session fixture is otherwise set up before the module's one-thread fixture): on a shared
+    2-core machine a multi-threaded training contends with everything else and runs many times slower."""
+    from invertkit.core.testing.contracts import torch_threads
+
+    with torch_threads(1):
+        return request.getfixturevalue("tiny_scenario")
+
+
+def attack_acc(scenario, result) -> float:  # noqa: ANN001
+    """acc@1 of an attack's reconstructions under the scenario's evaluation model (the bench's metric)."""
+    from invertkit.core.bench.runner import metric_context
+    from invertkit.plugins.metrics.attack_acc import AttackAccuracy
+
+    metric = AttackAccuracy(metric_context(scenario))
+    metric.update(result.images, result.labels)
+    return metric.compute()["acc@1"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from invertkit.core.cache import META_KEY, load_into, read_meta, save_module
 from invertkit.core.catalog import TargetSpec
 from invertkit.core.errors import CapabilityError, CheckpointError
 from invertkit.core.interfaces import ACCESS_LEVELS, Capability, Restricted
-from invertkit.core.testing.contracts import TargetContract, contract_settings, torch_threads
+from invertkit.core.testing.contracts import TargetContract, contract_settings
 from invertkit.core.testing.strategies import capability_sets
 from invertkit.plugins.attacks.nes import NES
 from invertkit.plugins.targets.onnx_backend import ONNX_CAPS, OnnxBackend, OnnxTarget, export_onnx
@@ -28,15 +27,6 @@ from invertkit.plugins.targets.torch_backend import TorchBackend, build_module
 C = Capability
 SHAPE = (1, 8, 8)
 
-
-
-@pytest.fixture(scope="module")
-def scenario(request: pytest.FixtureRequest):  # noqa: ANN201
-    """The session's ``tiny_scenario``; requested from here (after this module went to one torch thread) so
-    that, if this module is the first to need it, it trains on one thread: on a shared 2-core machine a
-    multi-threaded training contends with everything else and runs many times slower."""
-    with torch_threads(1):
-        return request.getfixturevalue("tiny_scenario")
 
 
 def random_cnn(seed: int = 0, **options: int) -> torch.nn.Module:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from typing import Any, ClassVar
 
 import pytest
@@ -16,7 +14,7 @@ from invertkit.core.errors import CapabilityError
 from invertkit.core.interfaces.capability import ACCESS_LEVELS, LABEL_ONLY, TOP_K, Capabilities, Capability
 from invertkit.core.interfaces.defense import Defense, DefenseContext, OutputDefense
 from invertkit.core.plugins import load_plugins
-from invertkit.core.testing.contracts import DefenseContract, torch_threads
+from invertkit.core.testing.contracts import DefenseContract
 from invertkit.core.testing.strategies import capability_sets, image_batches, make_tiny_target, prob_batches, seeds
 from invertkit.plugins.defenses.gaussian_noise import FLOOR, GaussianNoise
 from invertkit.plugins.defenses.label_only import LabelOnly
@@ -50,36 +48,16 @@ def top2(values: Tensor) -> tuple[Tensor, Tensor]:
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
-
-
 # ------------------------------------------------------------------------------------ contracts
-class TestNoneContract(DefenseContract):
-    defense_cls = NoDefense
-    configs = CONFIGS["none"]
+def _contract(name: str, cls: type[Defense]) -> type[DefenseContract]:
+    """``DefenseContract`` over ``cls`` and its CONFIGS, named ``Test<Name>Contract`` (``top-k``: TestTopKContract)."""
+    title = "".join(w.capitalize() for w in name.split("-"))
+    return type(f"Test{title}Contract", (DefenseContract,),
+                {"defense_cls": cls, "configs": CONFIGS[name], "__module__": __name__})
 
 
-class TestRoundingContract(DefenseContract):
-    defense_cls = Rounding
-    configs = CONFIGS["rounding"]
-
-
-class TestTopKContract(DefenseContract):
-    defense_cls = TopK
-    configs = CONFIGS["top-k"]
-
-
-class TestGaussianNoiseContract(DefenseContract):
-    defense_cls = GaussianNoise
-    configs = CONFIGS["gaussian-noise"]
-
-
-class TestLabelOnlyContract(DefenseContract):
-    defense_cls = LabelOnly
-    configs = CONFIGS["label-only"]
+# one contract class per bundled defense: TestNoneContract, TestRoundingContract, TestTopKContract, ...
+globals().update({c.__name__: c for c in (_contract(name, cls) for name, cls in DEFENSES.items())})
 
 
 def test_entry_points_register_the_five_defenses() -> None:

@@ -3,7 +3,6 @@ training-time defenses on the tiny digits scenario (capabilities kept, a working
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,7 +17,7 @@ from invertkit.core.errors import CapabilityError, ConfigError, QueryBudgetExcee
 from invertkit.core.interfaces.capability import Capability
 from invertkit.core.interfaces.defense import DefenseContext
 from invertkit.core.interfaces.target import TargetModel, TorchTarget
-from invertkit.core.testing.contracts import DefenseContract, torch_threads
+from invertkit.core.testing.contracts import DefenseContract
 from invertkit.core.testing.strategies import image_batches, make_tiny_target, prob_batches, seeds
 from invertkit.core.zoo.scenario import defense_context, natural_accuracy
 from invertkit.plugins.defenses.biohash import BioHash, biohash, biohash_projection, hamming
@@ -34,12 +33,6 @@ gen = torch.Generator().manual_seed(0)
 
 NEW = ["confidence-cutoff", "reverse-sigmoid", "purifier", "query-monitor", "dp-sgd", "mid", "bido", "nls", "tl-dmi",
        "distillation", "pruning", "netguard", "biohash", "template-noise"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
 
 
 def _target(scenario: Any) -> TorchTarget:

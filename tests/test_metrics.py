@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from invertkit.core.interfaces.metric import MetricContext
-from invertkit.core.testing.contracts import torch_threads
 from invertkit.plugins.metrics.attack_acc import AttackAccuracy
 from invertkit.plugins.metrics.knn_dist import KNNDistance
 
@@ -28,15 +26,6 @@ FEAT = 12
 
 hsettings = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-
-
-@pytest.fixture(scope="module")
-def scenario(request: pytest.FixtureRequest):  # noqa: ANN201
-    """The session's ``tiny_scenario``; requested from here (after this module went to one torch thread) so
-    that, if this module is the first to need it, it trains on one thread: on a shared 2-core machine a
-    multi-threaded training contends with everything else and runs many times slower."""
-    with torch_threads(1):
-        return request.getfixturevalue("tiny_scenario")
 
 
 # ------------------------------------------------------------------------------------- references

@@ -36,14 +36,6 @@ SHAPE = (1, 16, 16)
 FEAT = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 class ToyEval(nn.Module):
     """A fixed random evaluation model: 256 pixels -> 6 tanh features -> 6 logits."""
 

@@ -10,14 +10,6 @@ from invertkit.plugins.datasets.digits import Digits
 from invertkit.plugins.targets.small_nets import small_cnn
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _data():
     x, y = Digits().load()
     m = y < 5
