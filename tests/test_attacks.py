@@ -14,21 +14,13 @@ from torch import Tensor
 from invertkit.core.errors import CapabilityError, QueryBudgetExceeded
 from invertkit.core.interfaces import ACCESS_LEVELS, Restricted, TargetModel, TorchTarget
 from invertkit.core.interfaces.results import AttackResult
-from invertkit.core.testing.contracts import AttackContract, torch_threads
+from invertkit.core.testing.contracts import AttackContract
 from invertkit.plugins.attacks.gan_search import GMI
 from invertkit.plugins.attacks.mi_face import MIFace, total_variation
 from invertkit.plugins.attacks.nes import NES
 from invertkit.plugins.attacks.random_prior import RandomPrior
 
-
-
-@pytest.fixture(scope="module")
-def scenario(request: pytest.FixtureRequest):  # noqa: ANN201
-    """The session's ``tiny_scenario``; requested from here (after this module went to one torch thread) so
-    that, if this module is the first to need it, it trains on one thread: on a shared 2-core machine a
-    multi-threaded training contends with everything else and runs many times slower."""
-    with torch_threads(1):
-        return request.getfixturevalue("tiny_scenario")
+from conftest import attack_acc  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------- contracts
@@ -66,15 +58,6 @@ def black_box(scenario, budget: int | None = None) -> Restricted:  # noqa: ANN00
 
 def identities(samples: int = SAMPLES) -> Tensor:
     return torch.arange(5).repeat_interleave(samples)
-
-
-def attack_acc(scenario, result: AttackResult) -> float:  # noqa: ANN001
-    from invertkit.core.bench.runner import metric_context
-    from invertkit.plugins.metrics.attack_acc import AttackAccuracy
-
-    metric = AttackAccuracy(metric_context(scenario))
-    metric.update(result.images, result.labels)
-    return metric.compute()["acc@1"]
 
 
 def target_nll(scenario, images: Tensor, labels: Tensor) -> Tensor:  # noqa: ANN001

@@ -172,15 +172,6 @@ def scenario_context(scenario, plugins, cache=None) -> AttackContext:  # noqa: A
                          plugins=plugins, cache=cache)
 
 
-def attack_acc(scenario, result: AttackResult) -> float:  # noqa: ANN001
-    from invertkit.core.bench.runner import metric_context
-    from invertkit.plugins.metrics.attack_acc import AttackAccuracy
-
-    metric = AttackAccuracy(metric_context(scenario))
-    metric.update(result.images, result.labels)
-    return metric.compute()["acc@1"]
-
-
 def target_margin(scenario, images: Tensor, labels: Tensor) -> Tensor:  # noqa: ANN001
     with torch.no_grad():
         return losses.max_margin(scenario.target_net(images), labels)
