@@ -33,6 +33,16 @@ C = Capability
 _BYPASSING: Capabilities = frozenset({C.LOGITS, C.FEATURES, C.WEIGHTS})
 
 
+def filtered_capabilities(given: Capabilities, removes: Capabilities = frozenset()) -> Capabilities:
+    """What a filter of the released confidence vector (an output defense, the query monitor) leaves of
+    ``given``: less ``removes`` and less what would bypass the filter (logits, features, weights); when
+    nothing is released to filter (neither probs nor top-k), whatever label-level access there was."""
+    left = frozenset(given) - frozenset(removes) - _BYPASSING
+    if C.PROBS not in given and C.TOPK not in given:
+        return left & {C.LABEL}
+    return left
+
+
 @dataclass
 class DefenseContext:
     """What a defense may use beyond the target.
@@ -107,11 +117,7 @@ class OutputDefense(Defense):
     def capabilities(self, given: Capabilities) -> Capabilities:
         # logits, features and weights would bypass the transform, and DefendedTarget does not serve them:
         # they go whatever a subclass's ``removes`` says
-        left = frozenset(given) - self.removes - _BYPASSING
-        if C.PROBS not in given and C.TOPK not in given:
-            # nothing to transform: whatever label-level access there was stays as it was
-            return left & {C.LABEL}
-        return left
+        return filtered_capabilities(given, self.removes)
 
     @abstractmethod
     def transform(self, probs: Tensor, generator: torch.Generator) -> Tensor: ...

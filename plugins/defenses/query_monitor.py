@@ -41,12 +41,10 @@ from invertkit.core.errors import QueryBudgetExceeded
 from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.capability import Capabilities, Capability
 from invertkit.core.interfaces.config import ComponentConfig
-from invertkit.core.interfaces.defense import Defense, DefenseContext, WrappedTarget
+from invertkit.core.interfaces.defense import Defense, DefenseContext, WrappedTarget, filtered_capabilities
 from invertkit.core.interfaces.target import TargetModel
 
 C = Capability
-#: what the monitor never serves (it could not watch or throttle it)
-_BYPASSING: Capabilities = frozenset({C.LOGITS, C.FEATURES, C.WEIGHTS})
 #: queries are average-pooled to at most this many pixels per side before distances are taken
 POOL = 16
 
@@ -227,10 +225,7 @@ class QueryMonitor(Defense):
     filters_api: ClassVar[bool] = True
 
     def capabilities(self, given: Capabilities) -> Capabilities:
-        left = frozenset(given) - _BYPASSING
-        if C.PROBS not in given and C.TOPK not in given:
-            return left & {C.LABEL}
-        return left
+        return filtered_capabilities(given)
 
     def apply(self, target: TargetModel, ctx: DefenseContext | None = None) -> TargetModel:
         monitored = MonitoredTarget(target, self, adaptive=bool(ctx is not None and ctx.adaptive))
