@@ -12,17 +12,16 @@ are validated by :class:`ClassFolder.Config`; ``classes`` takes folder names or 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
-from invertkit.core.data import DatasetAdapter, center_box, list_images, load_image_files, locate
+from invertkit.core.data import DatasetAdapter, list_images, locate
 from invertkit.core.errors import UsageError
 from invertkit.core.hookspecs import hookimpl
-from invertkit.core.interfaces.config import ComponentConfig
 from invertkit.core.registry import unknown
+from invertkit.plugins.datasets.image_folder import FolderOptions
 
 
 def class_folders(folder: Path) -> list[tuple[str, list[Path]]] | None:
@@ -41,15 +40,10 @@ class ClassFolder(DatasetAdapter):
     summary = "a labelled folder per class (<root>/<class>/*.png|jpg), labels in sorted folder-name order"
     layout = "<root>/<class name>/<images> (one sub-folder per class or identity, any depth below it)"
 
-    class Config(ComponentConfig):
-        size: int = Field(64, ge=4, le=1024, description="output side in pixels (images are resized to size x size)")
-        channels: Literal[1, 3] = Field(3, description="3 for RGB, 1 for grey")
-        crop_fraction: float = Field(1.0, gt=0, le=1, description="centre crop side, as a fraction of the shorter "
-                                     "image side, taken before resizing (1: no crop)")
+    class Config(FolderOptions):
         classes: list[str | int] | None = Field(None, description="class folder names or label indices to load "
                                                 "(default: all); labels stay the full tree's indices")
         per_class: int | None = Field(None, ge=1, description="keep only the first `per_class` images of each class")
-        workers: int | None = Field(None, ge=1, description="decoding threads (default: up to 8)")
 
     def class_names(self, root: str | None = None) -> list[str]:
         """The class folder names in label order."""
@@ -78,15 +72,7 @@ class ClassFolder(DatasetAdapter):
             files = found[i][1][: cfg.per_class] if cfg.per_class else found[i][1]
             paths += files
             labels += [i] * len(files)
-        frac = cfg.crop_fraction
-
-        def crop(w: int, h: int):  # noqa: ANN202
-            if frac >= 1.0:
-                return None
-            side = max(1, round(min(w, h) * frac))
-            return center_box(w, h, side, side)
-
-        x = load_image_files(paths, size=cfg.size, channels=cfg.channels, crop=crop, workers=cfg.workers)
+        x = cfg.decode(paths)
         return x, torch.tensor(labels, dtype=torch.long)
 
 

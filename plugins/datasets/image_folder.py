@@ -20,18 +20,35 @@ from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.config import ComponentConfig
 
 
+class FolderOptions(ComponentConfig):
+    """How a folder's images are decoded (shared by ``image-folder`` and ``class-folder``)."""
+
+    size: int = Field(64, ge=4, le=1024, description="output side in pixels (images are resized to size x size)")
+    channels: Literal[1, 3] = Field(3, description="3 for RGB, 1 for grey")
+    crop_fraction: float = Field(1.0, gt=0, le=1, description="centre crop side, as a fraction of the shorter "
+                                 "image side, taken before resizing (1: no crop)")
+    workers: int | None = Field(None, ge=1, description="decoding threads (default: up to 8)")
+
+    def decode(self, files: list[Path]) -> Tensor:
+        """``files`` decoded, centre-cropped to a square of ``crop_fraction`` of the shorter side, resized."""
+        frac = self.crop_fraction
+
+        def crop(w: int, h: int):  # noqa: ANN202
+            if frac >= 1.0:
+                return None
+            side = max(1, round(min(w, h) * frac))
+            return center_box(w, h, side, side)
+
+        return load_image_files(files, size=self.size, channels=self.channels, crop=crop, workers=self.workers)
+
+
 class ImageFolder(DatasetAdapter):
     name = "image-folder"
     summary = "any folder tree of .png/.jpg images: an unlabelled public set (labels -1), resized to a square"
     layout = "a folder (any depth) of .png/.jpg/.jpeg/.bmp/.webp files"
 
-    class Config(ComponentConfig):
-        size: int = Field(64, ge=4, le=1024, description="output side in pixels (images are resized to size x size)")
-        channels: Literal[1, 3] = Field(3, description="3 for RGB, 1 for grey")
-        crop_fraction: float = Field(1.0, gt=0, le=1, description="centre crop side, as a fraction of the shorter "
-                                     "image side, taken before resizing (1: no crop)")
+    class Config(FolderOptions):
         limit: int | None = Field(None, ge=1, description="keep only the first `limit` images (sorted path order)")
-        workers: int | None = Field(None, ge=1, description="decoding threads (default: up to 8)")
 
     def files(self, folder: Path) -> list[Path] | None:
         """The image files of this dataset in ``folder`` (sorted), or ``None`` when there are none."""
@@ -42,15 +59,7 @@ class ImageFolder(DatasetAdapter):
         files = locate(self.name, root, self.files, layout=self.layout, system=self.system_locations())
         if cfg.limit is not None:
             files = files[: cfg.limit]
-        frac = cfg.crop_fraction
-
-        def crop(w: int, h: int):  # noqa: ANN202
-            if frac >= 1.0:
-                return None
-            side = max(1, round(min(w, h) * frac))
-            return center_box(w, h, side, side)
-
-        x = load_image_files(files, size=cfg.size, channels=cfg.channels, crop=crop, workers=cfg.workers)
+        x = cfg.decode(files)
         return x, torch.full((len(x),), -1, dtype=torch.long)
 
     def system_locations(self) -> list[Path]:
