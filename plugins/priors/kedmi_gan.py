@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from invertkit.core.errors import ConfigError, ShapeError
 from invertkit.core.hookspecs import hookimpl
-from invertkit.core.interfaces.capability import Capability
+from invertkit.core.interfaces.capability import Capability, PriorFeature
 from invertkit.core.interfaces.config import ComponentConfig
 from invertkit.core.interfaces.prior import Prior, PriorBuilder
 from invertkit.plugins.priors.wgan_gp import Generator, GeneratorPrior, conv_trunk, gan_training_start
@@ -169,6 +169,7 @@ class KEDMIGANBuilder(PriorBuilder):
     paper = "https://arxiv.org/abs/2010.04092"
     needs_target = True
     target_requires = frozenset({Capability.PROBS})
+    provides = frozenset({PriorFeature.DISCRIMINATOR})
 
     class Config(ComponentConfig):
         num_classes: int | None = Field(None, ge=2, description="K, the target's number of classes (the discriminator's class logits); required")

@@ -63,6 +63,7 @@ from torch import Tensor, nn
 
 from invertkit.core.errors import CheckpointError, DataNotFoundError
 from invertkit.core.hookspecs import hookimpl
+from invertkit.core.interfaces.capability import PriorFeature
 from invertkit.core.interfaces.config import ComponentConfig
 from invertkit.core.interfaces.prior import Prior, PriorBuilder
 
@@ -467,6 +468,8 @@ class StyleGAN2Builder(PriorBuilder):
     name = "stylegan2"
     summary = "StyleGAN2 (mapping z->w, modulated convs): trained on the public split, or a user's g_ema weights."
     paper = "https://arxiv.org/abs/1912.04958"
+    #: a discriminator only when trained here (a user's g_ema weights come without one), so not promised
+    provides = frozenset({PriorFeature.STYLE_SPACE})
 
     class Config(ComponentConfig):
         weights: str | None = Field(None, description="safetensors file with a StyleGAN2 g_ema state in "

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from invertkit.core.errors import ShapeError
 from invertkit.core.hookspecs import hookimpl
+from invertkit.core.interfaces.capability import PriorFeature
 from invertkit.core.interfaces.config import ComponentConfig
 from invertkit.core.interfaces.prior import Prior, PriorBuilder
 from invertkit.core.zoo.train import seed_everything
@@ -230,6 +231,7 @@ class WGANGPBuilder(PriorBuilder):
     layered = True  # its generator decodes block by block (decode_to / decode_from)
     summary = "DCGAN generator + WGAN-GP critic trained on the public split (GMI's prior)."
     paper = "https://arxiv.org/abs/1911.07135"
+    provides = frozenset({PriorFeature.DISCRIMINATOR})
 
     class Config(ComponentConfig):
         latent_dim: int = Field(100, ge=2, description="latent size (GMI: 100)")
