@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from invertkit.core.errors import RegistryFileError, UnknownNameError
 from invertkit.core.interfaces.capability import ACCESS_LEVELS
+from invertkit.core.preprocess import Preprocess
 from invertkit.core.registry import unknown
 
 if sys.version_info >= (3, 11):
@@ -100,18 +101,86 @@ class Preset(Strict):
         return self
 
 
-class TargetSpec(Strict):
-    """A named target. ``weights = "preset"`` uses the preset's trained target; otherwise a file path
-    (``.safetensors`` for the torch backend, ``.onnx`` for the onnx backend)."""
+class DataSpec(Strict):
+    """Images a standalone target's entry brings: any dataset adapter (``image-folder`` for an unlabelled folder,
+    ``class-folder`` for a folder per class, or a bundled one), its root and options; ``classes`` keeps only
+    those labels (for private data: the target's class indices the folders stand for)."""
 
-    preset: str
-    summary: str = ""
+    dataset: str
+    root: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    classes: tuple[int, ...] | None = None
+
+    _classes = field_validator("classes", mode="before")(classmethod(lambda cls, v: class_list(v)))
+
+
+class ModelFile(Strict):
+    """Where a brought network comes from (the torch backend: ``arch`` + ``weights``, or ``module``; the onnx
+    backend: ``weights``, an ``.onnx`` file), and what its input expects (``preprocess``)."""
+
     backend: str = "torch"
     arch: str | None = None
+    arch_options: dict[str, Any] = Field(default_factory=dict)
     weights: str = "preset"
+    #: the torch backend: ``"file.py:build"`` (a Python file and a function returning the nn.Module) or a
+    #: TorchScript archive, instead of ``arch`` (see :mod:`invertkit.core.usermodel`)
+    module: str | None = None
+    module_options: dict[str, Any] = Field(default_factory=dict)
+    #: rename the weights file's keys to the module's: a table of regex = replacement, or "by-position"
+    key_map: dict[str, str] | Literal["by-position"] | None = None
+    preprocess: Preprocess = Field(default_factory=Preprocess)
+
+
+class TargetSpec(ModelFile):
+    """A named target. With ``preset``, ``weights = "preset"`` uses the preset's trained target; otherwise a file
+    path (``.safetensors`` for the torch backend, ``.onnx`` for the onnx backend).
+
+    Without ``preset`` the target stands alone, a model the user brings: ``weights`` (and ``arch`` or
+    ``module``) say what it is, ``num_classes`` and ``input_shape`` what it answers and takes (read from an ONNX
+    graph where it says), ``preprocess`` how invertkit's [0, 1] images become its input, ``public`` the
+    attacker's images, and optionally ``prior`` (trained on ``public``), ``private`` (the user's images of the
+    target's classes: then KNN distance and the like apply) and ``eval`` (the user's evaluation model: then
+    acc@1 applies). invertkit trains no target, and no evaluation model, for it."""
+
+    preset: str | None = None
+    summary: str = ""
     access: Literal["white-box", "black-box", "top-k", "label-only", "embedding"] = "white-box"
     budget: int | None = Field(None, ge=1)
     top_k: int = Field(1, ge=1, description="with access = 'top-k': how many confidences the API releases")
+    #: what the model's output is: class scores, or a template (an embedder, ``access = "embedding"``)
+    kind: Literal["classifier", "embedder"] = "classifier"
+    num_classes: int | None = Field(None, ge=1)
+    input_shape: tuple[int, int, int] | None = None
+    #: the side of the images attacks make and metrics read (default: the model's input side); the target's
+    #: preprocessing resizes them to the model's input
+    image_size: int | None = Field(None, ge=4, le=1024)
+    public: DataSpec | None = None
+    private: DataSpec | None = None
+    prior: PriorRecipe | None = None
+    eval: ModelFile | None = None
+
+    @model_validator(mode="after")
+    def _standalone(self) -> "TargetSpec":
+        own = [k for k in ("public", "private", "prior", "eval", "num_classes", "input_shape", "image_size")
+               if getattr(self, k) is not None]
+        if self.preset is not None:
+            if own:
+                raise ValueError(f"{', '.join(own)}: only for a standalone target (one without a preset); a preset's "
+                                 "target takes them from the preset")
+            return self
+        if self.weights == "preset" and self.module is None:
+            raise ValueError("a standalone target (no preset) needs its model: weights = \"model.onnx\" (onnx), or "
+                             "arch/module and weights (torch)")
+        if self.public is None:
+            raise ValueError("a standalone target needs public = { dataset = \"image-folder\", root = \"...\" }: "
+                             "the attacker's images")
+        if self.kind == "embedder" and self.access != "embedding":
+            raise ValueError(f"kind = 'embedder' releases a template: access must be 'embedding', not '{self.access}'")
+        return self
+
+    @property
+    def standalone(self) -> bool:
+        return self.preset is None
 
 
 class BenchSpec(Strict):
@@ -140,7 +209,7 @@ class Catalog(Strict):
     @model_validator(mode="after")
     def _references(self) -> "Catalog":
         for name, t in self.targets.items():
-            if t.preset not in self.presets:
+            if t.preset is not None and t.preset not in self.presets:
                 raise ValueError(f"target '{name}' names preset '{t.preset}', which is not defined")
         for name, b in self.bench.items():
             for tn in b.targets:
@@ -216,9 +285,17 @@ def check_catalog(catalog: Catalog, plugins: Any, where: str) -> None:
                 plugins.registry["architecture"][recipe.arch]
             plugins.get("prior", preset.prior.plugin)(preset.prior.options)  # validates the options
         for t in catalog.targets.values():
-            plugins.registry["backend"][t.backend]
-            if t.arch and not is_timm(t.arch):
-                plugins.registry["architecture"][t.arch]
+            for m in (t, t.eval):
+                if m is None:
+                    continue
+                plugins.registry["backend"][m.backend]
+                if m.arch and not is_timm(m.arch):
+                    plugins.registry["architecture"][m.arch]
+            for d in (t.public, t.private):
+                if d is not None:
+                    plugins.get("dataset", d.dataset)().options(d.options)  # validates the options
+            if t.prior is not None:
+                plugins.get("prior", t.prior.plugin)(t.prior.options)
         for name, b in catalog.bench.items():
             for a in b.attacks:
                 plugins.registry["attack"].resolve(a)

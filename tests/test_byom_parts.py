@@ -18,7 +18,8 @@ from invertkit.core.cache import load_checkpoint
 from invertkit.core.errors import CheckpointError, UnknownNameError
 from invertkit.core.interfaces.capability import ACCESS_LEVELS, Capability
 from invertkit.core.interfaces.target import TorchTarget
-from invertkit.core.preprocess import Preprocess, PreprocessModule, wrap
+from invertkit.core.preprocess import Preprocess
+from invertkit.core.preprocess_module import PreprocessModule, wrap
 from invertkit.core.usermodel import load_user_module
 
 
