@@ -164,8 +164,22 @@ def _kind(kind: str) -> str:
     return k
 
 
+def _quiet(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    """``--quiet`` (before the command or after it): no progress on stderr, only warnings and errors."""
+    from invertkit.core import progress
+
+    if value or ctx.parent is None:  # the group's flag sets it either way: one process may run several commands
+        progress.set_quiet(value)
+    return value
+
+
+quiet_option = click.option("--quiet", "-q", is_flag=True, expose_value=False, callback=_quiet,
+                            help="No progress on stderr (bars, training, cells): only warnings and errors.")
+
+
 @click.group(cls=InvertkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@quiet_option
 @click.version_option(package_name="invertkit")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
@@ -218,8 +232,8 @@ def list_cmd(kind: str | None, pattern: str, registry_path: str | None) -> None:
 @click.argument("name")
 @click.option("--registry", "registry_path", type=click.Path())
 def show_cmd(kind: str, name: str, registry_path: str | None) -> None:
-    """Show one component: paper, threat model, requirements, defaults and config JSON schema (from its class)."""
-    from invertkit.core.registry import describe
+    """Show one component: paper, threat model, requirements, defaults and config JSON schema (from its class;
+    remembered in the cache, so a later show of it does not import its module)."""
 
     k = _kind(kind)
     if k in CATALOG_KINDS:
@@ -227,43 +241,22 @@ def show_cmd(kind: str, name: str, registry_path: str | None) -> None:
         obj = {"target": catalog.target, "preset": catalog.preset, "bench": catalog.matrix}[k](name)
         click.echo(json.dumps(obj.model_dump(mode="json"), indent=2))
         return
-    plugins = _plugins(lazy=True)
-    entry = plugins.registry[k][name]  # imports this component's module only
-    obj = entry.obj
-    summary, paper = describe(obj)
-    click.echo(f"{k} {name}  (plugin '{entry.plugin}')")
-    if paper:
-        click.echo(f"  paper:        {paper}")
-    threat = _threat_model(k, obj)
-    if threat:
-        click.echo(f"  threat model: {threat}")
-    if summary:
-        click.echo(f"  summary:      {summary}")
-    requires = getattr(obj, "requires", None)
-    if requires is not None:
-        click.echo(f"  requires:     {sorted(c.value for c in requires) or 'nothing'}")
-    if getattr(obj, "kind", None) in ("output", "training"):
-        click.echo(f"  kind:         {obj.kind} defense; gradients: {getattr(obj, 'gradient', 'exact')}")
-    config = getattr(obj, "Config", None)
-    if config is not None:
-        click.echo("  defaults:     " + json.dumps(config().model_dump(mode="json")))
+    from invertkit.core.component_facts import component_facts
+
+    plugin, facts = component_facts(_plugins(lazy=True), k, name)  # the class's module, imported once and remembered
+    click.echo(f"{k} {name}  (plugin '{plugin}')")
+    for key, label in (("paper", "paper"), ("threat_model", "threat model"), ("summary", "summary")):
+        if facts.get(key):
+            click.echo(f"  {label + ':':13s} {facts[key]}")
+    for key, label in (("requires", "requires"), ("prior_requires", "prior requires")):
+        if key in facts:
+            click.echo(f"  {label + ':':13s} {facts[key] or 'nothing'}")
+    if "defense_kind" in facts:
+        click.echo(f"  kind:         {facts['defense_kind']} defense; gradients: {facts['gradient']}")
+    if "defaults" in facts:
+        click.echo("  defaults:     " + json.dumps(facts["defaults"]))
         click.echo("  config schema:")
-        click.echo("    " + json.dumps(config.model_json_schema(), indent=2).replace("\n", "\n    "))
-
-
-def _threat_model(kind: str, obj: Any) -> str:
-    """The class's ``threat_model``; for an attack without one, what its ``requires`` makes it."""
-    own = getattr(obj, "threat_model", "")
-    if own or kind != "attack" or getattr(obj, "requires", None) is None:
-        return str(own or "")
-    needs = {getattr(c, "value", c) for c in obj.requires}
-    if not needs:
-        return "none (uses no target access)"
-    if needs & {"grad", "weights"}:
-        return "white-box"
-    if needs <= {"label"}:
-        return "black-box (labels only)"
-    return "black-box (scores)" if needs & {"probs", "topk", "logits"} else "black-box (" + ", ".join(sorted(needs)) + ")"
+        click.echo("    " + json.dumps(facts["schema"], indent=2).replace("\n", "\n    "))
 
 
 @cli.command("plugins")
@@ -310,6 +303,7 @@ def _split_options(options: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 
 
 @cli.command("run")
+@quiet_option
 @click.option("--attack", "-a", required=True, help="Attack name.")
 @click.option("--target", "-t", required=True, help="Target name (registry.toml).")
 @click.option("--defense", "-d", default="none", show_default=True, help="Defense name.")
@@ -410,6 +404,7 @@ def _print_matrix(records: list[dict[str, Any]]) -> None:
 
 
 @cli.command("bench")
+@quiet_option
 @click.option("--matrix", "matrix_name", default="default", show_default=True, help="Bench matrix in registry.toml.")
 @click.option("--attacks", default=None, help="Attack names/wildcards (comma-separated).")
 @click.option("--defenses", default=None, help="Defense names/wildcards.")
@@ -433,6 +428,7 @@ def bench_cmd(matrix_name: str, attacks: str | None, defenses: str | None, targe
 
     results.jsonl grows as cells finish; after an interruption, the same command again runs only what is
     missing (finished cells come from the cache)."""
+    from invertkit.core import progress
     from invertkit.core.bench.plan import make_plan
     from invertkit.core.bench.report import ResultsStream, write_report
     from invertkit.core.bench.runner import RayExecutor, run_bench
@@ -457,22 +453,30 @@ def bench_cmd(matrix_name: str, attacks: str | None, defenses: str | None, targe
             raise unknown("attack or defense", comp, [*plugins.registry["attack"], *plugins.registry["defense"]])
     plan = make_plan(catalog, plugins, matrix=matrix_name, attacks=attacks, defenses=defenses, targets=targets,
                      options=overrides, adaptive=adaptive)
-    click.echo(f"bench '{matrix_name}'{' (ADAPTIVE attackers)' if adaptive else ''}: {len(plan.cells)} cells ({len(plan.runnable)} to run, {len(plan.skipped)} skipped "
-               f"for missing capabilities or prior)", err=True)
+    progress.note(f"bench '{matrix_name}'{' (ADAPTIVE attackers)' if adaptive else ''}: {len(plan.cells)} cells "
+                  f"({len(plan.runnable)} to run, {len(plan.skipped)} skipped for missing capabilities or prior)")
 
     stream = ResultsStream(out)  # each finished cell lands in results.jsonl at once: a killed bench keeps it
-
-    def progress(i: int, n: int, rec: dict[str, Any]) -> None:
-        stream.append(rec)
-        m = rec.get("metrics", {})
-        tail = f"acc@1={m['acc@1']:.3f}" if "acc@1" in m else rec.get("reason", "")
-        cached = " (cached)" if rec.get("cached") else ""
-        click.echo(f"  [{i}/{n}] {rec['attack']} x {rec['defense']} x {rec['target']}: {rec['status']} {tail}{cached}", err=True)
-
     ex = RayExecutor(registry_path, address=address) if executor == "ray" else None
     if ex is not None:
         ex.worker_env()  # a plugin set the tasks could not load is refused before any work
-    outcomes = run_bench(plan, catalog, plugins, use_cache=not fresh, executor=ex, progress=progress, debug=_debug_now())
+    counts = {"ok": 0, "failed": 0, "cached": 0}
+    with progress.task(f"bench '{matrix_name}'", total=len(plan.runnable), unit="cell") as bar:
+
+        def cell_done(i: int, n: int, rec: dict[str, Any]) -> None:
+            stream.append(rec)
+            m = rec.get("metrics", {})
+            tail = f"acc@1={m['acc@1']:.3f}" if "acc@1" in m else rec.get("reason", "")
+            cached = " (cached)" if rec.get("cached") else ""
+            if not progress.interactive() or rec["status"] == "failed":  # a log keeps a line per cell
+                progress.note(f"  [{i}/{n}] {rec['attack']} x {rec['defense']} x {rec['target']}: {rec['status']} "
+                              f"{tail}{cached}")
+            counts[rec["status"]] = counts.get(rec["status"], 0) + 1
+            counts["cached"] += bool(rec.get("cached"))
+            bar.advance(1, info=", ".join(f"{v} {k}" for k, v in counts.items() if v))
+
+        outcomes = run_bench(plan, catalog, plugins, use_cache=not fresh, executor=ex, progress=cell_done,
+                             debug=_debug_now())
     records = [o.record for o in outcomes]
     out_dir = write_report(out, outcomes, title=f"invertkit bench '{matrix_name}'" + (" — adaptive attackers" if adaptive else ""),
                            references=_private_references(catalog, plugins, records), command=shlex.join(sys.argv))
@@ -492,6 +496,7 @@ def _private_references(catalog: Any, plugins: Any, records: list[dict[str, Any]
     """Each target with a finished cell -> its private training split (images, labels, dataset classes): the
     evaluator's side the report shows beside the reconstructions. A target whose scenario cannot be loaded
     here is left out (a note on stderr); its reconstructions are shown alone."""
+    from invertkit.core import progress
     from invertkit.core.bench.runner import load_target
 
     refs: dict[str, tuple] = {}
@@ -499,13 +504,14 @@ def _private_references(catalog: Any, plugins: Any, records: list[dict[str, Any]
         try:
             _, scenario = load_target(catalog, plugins, t)
         except Exception as exc:  # noqa: BLE001 - the report is still written, without these images
-            click.echo(f"note: the report shows no private images of {t}: {type(exc).__name__}: {exc}", err=True)
+            progress.warn(f"note: the report shows no private images of {t}: {type(exc).__name__}: {exc}")
             continue
         refs[t] = (*scenario.split.private_train, scenario.split.private_classes)
     return refs
 
 
 @cli.command("train")
+@quiet_option
 @click.argument("what", type=click.Choice(["all", "target", "eval", "prior"]), default="all")
 @click.option("--preset", "preset_name", default="digits", show_default=True, help="Preset in registry.toml.")
 @click.option("--registry", "registry_path", type=click.Path())

@@ -44,7 +44,8 @@ def quiet() -> bool:
     return bool(_state["quiet"])
 
 
-def _interactive() -> bool:
+def interactive() -> bool:
+    """Whether progress shows as live bars (stderr is a terminal and plain lines are not forced)."""
     return not _state["force_plain"] and sys.stderr.isatty()
 
 
@@ -59,8 +60,12 @@ def _fmt_s(s: float) -> str:
 
 def note(msg: str) -> None:
     """One line of information on stderr (above the bars on a terminal); silent under ``--quiet``."""
-    if _state["quiet"]:
-        return
+    if not _state["quiet"]:
+        warn(msg)
+
+
+def warn(msg: str) -> None:
+    """One line on stderr that ``--quiet`` keeps (a warning, a damaged cache entry), above the bars on a terminal."""
     live = _state["live"]
     if live is not None:
         live.console.print(msg, markup=False, highlight=False, soft_wrap=True)
@@ -121,7 +126,7 @@ def task(label: str, total: int | None = None, unit: str = "step") -> Iterator[T
         yield t
         return
     started_live = False
-    if _interactive():
+    if interactive():
         if _state["live"] is None:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \

@@ -462,6 +462,35 @@ def test_bench_writes_the_report_and_caches_cells(scenario, tmp_path: Path) -> N
     assert strip(records2) == strip(records)
 
 
+@pytest.mark.parametrize("where", ["group", "command"])
+def test_quiet_bench_writes_nothing_but_warnings_and_errors(scenario, where: str, tmp_path: Path) -> None:
+    from invertkit.core import progress
+
+    out = tmp_path / "quiet"
+    args = ["bench", "--registry", TINY, "--out", out, "--fresh"]
+    try:
+        result = ok(invoke("--quiet", *args) if where == "group" else invoke(*args, "--quiet"))
+    finally:
+        progress.set_quiet(False)
+    assert [line for line in result.stderr.splitlines() if not line.startswith(("warning:", "error:"))] == []
+    assert len((out / "results.jsonl").read_text().splitlines()) == 6 and "bench finished in" in result.stdout
+    loud = ok(invoke("bench", "--registry", TINY, "--out", tmp_path / "loud"))  # the next command is not quiet
+    assert len([m for m in map(PROGRESS.match, loud.stderr.splitlines()) if m]) == 4
+
+
+def test_training_says_when_it_starts_and_ends_in_a_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off a terminal (a log, CI) a training prints a start line, progress with ETA now and then, and an end."""
+    monkeypatch.setenv("INVERTKIT_CACHE", str(tmp_path / "cache"))
+    result = ok(invoke("train", "target", "--preset", "digits-tiny", "--registry", TINY))
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("[digits-tiny] training target 'small-cnn' on "), lines
+    assert lines[0].endswith(": started (6 epochs)"), lines
+    assert ": done, 6 epochs in " in lines[-1] and "test accuracy" in lines[-1], lines
+    assert "digits-tiny target (small-cnn): test accuracy" in result.stdout
+    again = ok(invoke("train", "target", "--preset", "digits-tiny", "--registry", TINY))
+    assert again.stderr == ""  # loaded from the cache: nothing to report
+
+
 def test_export_onnx_refuses_a_non_torch_target(tmp_path: Path) -> None:
     error_line(invoke("export-onnx", "tiny-cnn-onnx", tmp_path / "x.onnx", "--registry", TINY), 2,
                "target 'tiny-cnn-onnx' uses backend 'onnx'", "only torch targets")

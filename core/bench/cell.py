@@ -1,0 +1,238 @@
+"""One bench cell, in four stages, each a function over the :class:`CellRun` the previous one filled in:
+
+1. :func:`prepare` — the target loaded and the cell keyed; the cached cell when there is a sound one; else the
+   target defended, the attack built with its prior (fitted to the target as defended where it learns from it)
+   and its context;
+2. :func:`attack` — the attack run on the defended target;
+3. :func:`evaluate` — the metrics, the defended natural accuracy, the queries the cell spent;
+4. :func:`persist` — the record, and the cell written into the content-addressed cache.
+
+:func:`run_cell` runs them. A cached cell carries a checksum over its record and its images: one that does
+not match, or cannot be read, is computed again (a note on stderr says so), never trusted. A cell that
+raises (or calls ``sys.exit``) is recorded ``failed`` with its error; ``KeyboardInterrupt`` propagates."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save_file
+
+import invertkit
+from invertkit.core import progress
+from invertkit.core.bench.plan import Cell
+from invertkit.core.bench.targets import (
+    defended_key, defended_natural_accuracy, gradient_label, load_target, metric_context,
+)
+from invertkit.core.cache import atomic_path, atomic_write_json, cache_dir, record_checksum
+from invertkit.core.catalog import Catalog
+from invertkit.core.interfaces.attack import AttackContext
+from invertkit.core.interfaces.results import AttackResult
+from invertkit.core.interfaces.target import TargetModel
+from invertkit.core.plugins import Plugins
+from invertkit.core.zoo.scenario import Scenario, defense_context, derived_cache, prior_for
+
+METRIC_KEYS = ("acc@1", "judge_acc", "adversarial_rate", "acc@5", "knn_dist", "natural_acc", "queries",
+               "prior_queries", "seconds")
+
+
+@dataclass
+class CellOutcome:
+    record: dict[str, Any]
+    images: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+
+
+# ------------------------------------------------------------------------------------------ the cell cache
+def cells_dir() -> Path:
+    d = cache_dir() / "cells"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def cell_key(cell: Cell, scenario: Scenario) -> str:
+    return cell.key({"invertkit": invertkit.__version__, "scenario": scenario.keys})
+
+
+def read_cached_cell(key: str) -> CellOutcome | None:
+    """The cached cell ``key``, or ``None`` when there is none, or when it cannot be read or fails its
+    checksum (then a note goes to stderr, and the caller computes the cell again)."""
+    rec_path, img_path = cells_dir() / f"{key}.json", cells_dir() / f"{key}.safetensors"
+    if not rec_path.is_file():
+        return None
+    try:
+        record = json.loads(rec_path.read_text())
+        blob = img_path.read_bytes()
+        if not isinstance(record, dict) or record.get("checksum") != record_checksum(record, blob):
+            raise ValueError("checksum mismatch")
+        tensors = load_tensors(blob)
+        images, labels = tensors["images"], tensors["labels"]
+    except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, it is not trusted
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        progress.warn(f"note: cached cell {key} is damaged ({why}); computing it again")
+        return None
+    record.pop("checksum")
+    record["cached"] = True
+    return CellOutcome(record, images, labels)
+
+
+def write_cached_cell(key: str, record: dict[str, Any], images: torch.Tensor, labels: torch.Tensor) -> None:
+    """Store a finished cell: its images, then its record with the checksum over both (written last: its
+    presence marks the cell finished)."""
+    img_path = cells_dir() / f"{key}.safetensors"
+    with atomic_path(img_path) as tmp:
+        save_file({"images": images.contiguous(), "labels": labels.contiguous()}, str(tmp))
+        blob = tmp.read_bytes()
+    stored = json.loads(json.dumps(record, default=str))  # what a reader will see, floats and all
+    stored["checksum"] = record_checksum(stored, blob)
+    atomic_write_json(cells_dir() / f"{key}.json", stored)
+
+
+# ------------------------------------------------------------------------------------------ the four stages
+@dataclass
+class CellRun:
+    """What one cell's stages hand on to the next. ``stage`` names the step running now: a ``sys.exit`` inside
+    a plugin is reported as that step's."""
+
+    cell: Cell
+    catalog: Catalog
+    plugins: Plugins
+    stage: str = "the target"
+    scenario: Scenario | None = None
+    key: str = ""
+    defense: Any = None
+    #: the target as defended, as the attack sees it
+    attacked: TargetModel | None = None
+    attack: Any = None
+    prior: Any = None
+    prior_queries: int = 0
+    ids: torch.Tensor | None = None
+    peak_gpu_mib: float = float("nan")
+
+
+def record_base(cell: Cell) -> dict[str, Any]:
+    return {"attack": cell.attack, "defense": cell.defense, "target": cell.target, "mode": cell.mode}
+
+
+def prepare(run: CellRun, *, use_cache: bool = True) -> CellOutcome | None:
+    """Load the target and key the cell; return the cached cell if there is a sound one (with ``use_cache``).
+    Otherwise defend the target and build the attack, its prior and its context; returns ``None``."""
+    cell, plugins = run.cell, run.plugins
+    run.stage = "the target"
+    target, run.scenario = load_target(run.catalog, plugins, cell.target)
+    run.key = cell_key(cell, run.scenario)
+    if use_cache:
+        cached = read_cached_cell(run.key)
+        if cached is not None:
+            return cached
+    run.stage = "defense"
+    run.defense = plugins.get("defense", cell.defense)(cell.defense_options)
+    run.attacked = run.defense.apply(target, defense_context(run.scenario, plugins, seed=cell.seed,
+                                                             adaptive=cell.adaptive))
+    d_key = defended_key(run.defense, cell)
+    run.stage = "attack"
+    run.attack = plugins.get("attack", cell.attack)(cell.attack_options)
+    # what the attacker derives from the target is derived from it as defended, and paid for in queries
+    run.stage = "prior"
+    run.prior = prior_for(run.scenario, plugins, run.attacked, d_key)[0] if run.attack.needs_prior else None
+    run.prior_queries = run.attacked.queries
+    run.attack.context = AttackContext(public_images=run.scenario.split.public[0],
+                                       public_labels=run.scenario.split.public[1], plugins=plugins,
+                                       cache=derived_cache(run.scenario, run.attacked, d_key))
+    run.ids = torch.tensor(cell.identities if cell.identities is not None else range(run.scenario.num_classes))
+    return None
+
+
+def attack(run: CellRun) -> AttackResult:
+    """Run the prepared attack on the defended target (the peak GPU memory it took is noted in ``run``)."""
+    run.stage = "attack"
+    labels = run.ids.repeat_interleave(run.cell.samples_per_identity)
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    result = run.attack(run.attacked, labels, prior=run.prior, seed=run.cell.seed)
+    run.peak_gpu_mib = torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan")
+    return result
+
+
+def evaluate(run: CellRun, result: AttackResult, *, natural_cache: dict | None = None, natural_shared: bool = True,
+             natural_scope: str | None = None) -> dict[str, Any]:
+    """The cell's metrics: each of the cell's metrics on the reconstructions (the evaluator's side, never the
+    attack's), the defended natural accuracy (shared, see
+    :func:`~invertkit.core.bench.targets.defended_natural_accuracy`), and every query behind the cell."""
+    cell = run.cell
+    run.stage = "a metric"
+    mctx = metric_context(run.scenario, run.ids)
+    mctx.extras["peak_gpu_mib"] = run.peak_gpu_mib
+    metrics: dict[str, Any] = {}
+    for m in cell.metrics:
+        metric = run.plugins.get("metric", m)(mctx)
+        metric.update(result.images, result.labels)
+        metrics.update(metric.compute())
+    run.stage = "the natural accuracy"
+    metrics["natural_acc"] = defended_natural_accuracy(cell, run.catalog, run.plugins, run.scenario, run.defense,
+                                                       memo=natural_cache, shared=natural_shared, scope=natural_scope)
+    # every query behind the cell: the prior fitted to the target, derived students, the search itself
+    metrics["queries"] = run.attacked.queries
+    metrics["prior_queries"] = run.prior_queries
+    metrics["seconds"] = round(result.seconds, 3)
+    return metrics
+
+
+def persist(run: CellRun, result: AttackResult, metrics: dict[str, Any]) -> CellOutcome:
+    """The cell's record, written into the cache with its images (a re-run reads it from there)."""
+    cell = run.cell
+    run.stage = "defense"
+    record = {
+        **record_base(cell),
+        "status": "ok",
+        "reason": "",
+        "metrics": metrics,
+        "key": run.key,
+        "gradient": gradient_label(run.defense, cell.adaptive),
+        "attack_config": result.config,
+        "defense_config": run.defense.config.model_dump(mode="json"),
+        "defense_report": run.defense.report(),
+        "samples": len(result),
+        "seed": cell.seed,
+        "invertkit": invertkit.__version__,
+    }
+    run.stage = "the cache"
+    write_cached_cell(run.key, record, result.images, result.labels)
+    record["cached"] = False
+    return CellOutcome(record, result.images, result.labels)
+
+
+def run_cell(cell: Cell, catalog: Catalog, plugins: Plugins, *, use_cache: bool = True,
+             natural_cache: dict | None = None, natural_scope: str | None = None, debug: bool = False) -> CellOutcome:
+    """Compute one cell (or read it from the cache): :func:`prepare`, :func:`attack`, :func:`evaluate`,
+    :func:`persist`. A failure inside the cell becomes a ``failed`` record (its error in ``reason``), a
+    ``sys.exit()`` too; with ``debug`` the exception propagates instead, traceback and all.
+    ``KeyboardInterrupt`` always propagates. The defended natural accuracy is shared through
+    ``natural_cache`` and, with ``use_cache`` or a ``natural_scope``, through the cache."""
+    base = record_base(cell)
+    if cell.status == "skipped":
+        return CellOutcome({**base, "status": "skipped", "reason": cell.reason, "metrics": {}})
+    run = CellRun(cell, catalog, plugins)
+    try:
+        cached = prepare(run, use_cache=use_cache)
+        if cached is not None:
+            return cached
+        result = attack(run)
+        metrics = evaluate(run, result, natural_cache=natural_cache, natural_scope=natural_scope,
+                           natural_shared=use_cache or natural_scope is not None)
+        return persist(run, result, metrics)
+    except Exception as exc:  # noqa: BLE001 - one failed cell never stops the bench
+        if debug:
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        return CellOutcome({**base, "status": "failed", "reason": f"{type(exc).__name__}: {msg}", "metrics": {}})
+    except SystemExit as exc:  # a plugin's sys.exit() ends its cell, not the bench
+        if debug:
+            raise
+        return CellOutcome({**base, "status": "failed", "reason": f"{run.stage} called sys.exit({exc.code!r})",
+                            "metrics": {}})

@@ -1,0 +1,114 @@
+"""A cell's target: loaded from the registry, named as defended, its defended natural accuracy (computed once
+per target, defense, options and seed, and shared through the cache), and the evaluator's side of the cell
+(:func:`metric_context`), which is never handed to an attack."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import invertkit
+from invertkit.core.bench.plan import Cell
+from invertkit.core.cache import atomic_write_json, cache_dir, content_key, entry_lock
+from invertkit.core.catalog import Catalog
+from invertkit.core.interfaces.metric import MetricContext
+from invertkit.core.interfaces.target import TargetModel
+from invertkit.core.plugins import Plugins
+from invertkit.core.zoo.scenario import Scenario, build_scenario, defense_context, natural_accuracy
+
+
+def load_target(catalog: Catalog, plugins: Plugins, name: str) -> tuple[TargetModel, Scenario]:
+    spec = catalog.target(name)
+    scenario = build_scenario(spec.preset, catalog, plugins)
+    backend = plugins.get("backend", spec.backend)()
+    target = backend.load(spec, scenario, plugins)
+    target.name = name
+    if spec.access == "top-k":
+        target.max_topk = spec.top_k
+    return target, scenario
+
+
+def metric_context(scenario: Scenario, attacked: torch.Tensor | None = None) -> MetricContext:
+    """The evaluator's side of a cell (never handed to an attack): the evaluation model, the independent
+    judges, the private training images, and the identities attacked (the set metrics' reference)."""
+    from invertkit.core.errors import UsageError
+    from invertkit.core.interfaces.target import split_classifier
+
+    net = scenario.eval_net.eval()
+    parts = split_classifier(net)
+    if parts is None:
+        raise UsageError(f"the evaluation model {type(net).__name__} has no features/head split; metrics need its features")
+    return MetricContext(
+        eval_logits=net,
+        eval_features=parts[0],
+        private_images=scenario.split.private_train[0],
+        private_labels=scenario.split.private_train[1],
+        num_classes=scenario.num_classes,
+        judges=[j.eval() for j in scenario.judges],
+        attacked=None if attacked is None else torch.unique(torch.as_tensor(attacked)),
+    )
+
+
+def defended_key(defense: Any, cell: Cell) -> str:
+    """Names the target as defended in ``cell``: the defense, its options, the attacker's mode, and the seed
+    where it makes another network (a training-time defense trains one per seed). What an attack derives from
+    the defended target (a fitted prior, students) is cached under this key."""
+    seed = cell.seed if getattr(defense, "kind", "output") == "training" else None
+    return content_key({"defense": cell.defense, "options": cell.defense_options, "seed": seed,
+                        "adaptive": cell.adaptive})
+
+
+def gradient_label(defense: Any, adaptive: bool) -> str:
+    """How gradients reach the attacker in a cell: none through a deployed API filter; BPDA or exact through
+    it for an adaptive attacker; the defense's own word otherwise."""
+    if getattr(defense, "filters_api", False):
+        if not adaptive:
+            return "none (deployed API)"
+        return "BPDA (identity backward)" if getattr(defense, "straight_through", False) else "exact (adaptive)"
+    return getattr(defense, "gradient", "exact")
+
+
+def natural_dir() -> Path:
+    d = cache_dir() / "natural"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def defended_natural_accuracy(cell: Cell, catalog: Catalog, plugins: Plugins, scenario: Scenario, defense: Any, *,
+                              memo: dict | None = None, shared: bool = True, scope: str | None = None) -> float:
+    """The natural accuracy of ``cell``'s target as defended (a fresh copy, no budget, deployed), on the private
+    test set: computed once per (target, defense, options, seed). ``memo`` keeps it in this process;
+    ``shared``: also in the cache (``natural/``, under a lock), so every executor's workers use the one value;
+    ``scope`` (a fresh bench's run id) keeps a fresh bench from reading what an earlier run stored."""
+    nat_key = (cell.target, cell.defense, json.dumps(cell.defense_options, sort_keys=True), cell.seed)
+    if memo is not None and nat_key in memo:
+        return memo[nat_key]
+
+    def compute() -> float:
+        fresh, _ = load_target(catalog, plugins, cell.target)
+        fresh.budget = None
+        defended = defense.apply(fresh, defense_context(scenario, plugins, seed=cell.seed))
+        return natural_accuracy(defended.label, *scenario.split.private_test)
+
+    if not shared:
+        value = compute()
+    else:
+        key = content_key({"invertkit": invertkit.__version__, "scenario": scenario.keys,
+                           "target": catalog.target(cell.target).model_dump(mode="json"), "defense": cell.defense,
+                           "options": cell.defense_options, "seed": cell.seed, "scope": scope})
+        path = natural_dir() / f"{key}.json"
+        with entry_lock(path, f"the natural accuracy of {cell.target} under {cell.defense}"):
+            value = None
+            try:
+                value = float(json.loads(path.read_text())["natural_acc"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+            if value is None or value != value:  # missing, unreadable or NaN: computed (again)
+                value = compute()
+                atomic_write_json(path, {"natural_acc": value, "target": cell.target, "defense": cell.defense})
+    if memo is not None:
+        memo[nat_key] = value
+    return value
