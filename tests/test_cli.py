@@ -234,7 +234,7 @@ def test_list_attacks(plugins) -> None:  # noqa: ANN001
     names = listed(out)
     assert {"gmi", "mi-face", "nes", "random-prior"} <= set(names)
     assert names == sorted(plugins.registry["attack"])
-    assert re.search(r"^  gmi\s+\[gmi\]  \S", out, re.M) and "defenses:" not in out
+    assert re.search(r"^  gmi\s+\[gan-search\]  \S", out, re.M) and "defenses:" not in out
 
 
 @pytest.mark.parametrize("pattern", ["g*", "*i*", "gmi,nes", "zz*"])
@@ -275,7 +275,7 @@ def test_show_defense_and_catalog_entries() -> None:
 def test_plugins_lists_bundled_entry_points() -> None:
     out = ok(invoke("plugins")).stdout
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line and not line.startswith(" ")}
-    for name in ("gmi", "nes", "mi-face", "random-prior", "none", "label-only", "torch-backend", "onnx-backend",
+    for name in ("gan-search", "nes", "mi-face", "random-prior", "none", "label-only", "torch-backend", "onnx-backend",
                  "wgan-gp", "digits", "small-nets", "attack-acc", "knn-dist"):
         assert name in rows, name
         assert rows[name][1:4] == ["loaded", "invertkit", version("invertkit")], rows[name]
