@@ -136,7 +136,7 @@ def test_plugins_shows_the_entry_points_loaded(site: Path) -> None:
         fields = rows[name].split()
         assert fields[1:4] == ["loaded", DIST, "0.1.0"], rows[name]
         assert rows[name].endswith(registered)
-    assert rows["gmi"].split()[1:3] == ["loaded", "invertkit"]
+    assert rows["gan-search"].split()[1:3] == ["loaded", "invertkit"]
 
 
 def test_bench_runs_the_example_matrix(site: Path, tmp_path: Path) -> None:
@@ -172,7 +172,7 @@ def test_blocked_and_broken_plugins(site: Path, broken_site: Path) -> None:
     lines = proc.stdout.splitlines()
     error = lines[lines.index(rows["broken-plugin"]) + 1].strip()
     assert error == "error: ImportError: invertkit_broken_plugin needs libfrobnicate, which is missing"
-    assert rows["gmi"].split()[1] == "loaded"
+    assert rows["gan-search"].split()[1] == "loaded"
 
     proc = ok(invertkit("list", "attacks", sites=(site, broken_site), **env))
     names = listed(proc.stdout)

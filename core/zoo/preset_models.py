@@ -23,13 +23,13 @@ from invertkit.core.errors import CheckpointError, UsageError
 from invertkit.core.interfaces.access import seal
 from invertkit.core.interfaces.prior import Prior, PriorBuilder
 from invertkit.core.plugins import Plugins
+from invertkit.core.zoo.arch import build_architecture
 from invertkit.core.zoo.model_cache import RECIPE_VERSION, architecture_signature, fingerprint, models_dir
 from invertkit.core.zoo.train import train_classifier
 
 
 def build_arch(plugins: Plugins, recipe: ModelRecipe, num_classes: int, in_shape: tuple[int, int, int]) -> nn.Module:
-    factory = plugins.get("architecture", recipe.arch)
-    return factory(num_classes, in_shape, **recipe.arch_options)
+    return build_architecture(plugins, recipe.arch, num_classes, in_shape, recipe.arch_options)
 
 
 def natural_accuracy(target_label_fn, x: Tensor, y: Tensor, batch_size: int = 512) -> float:  # noqa: ANN001
