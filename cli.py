@@ -286,8 +286,21 @@ def validate_cmd(file: str | None) -> None:
     plugins = _plugins()
     where = file or "registry.toml (bundled)"
     check_catalog(catalog, plugins, where)
+    warned = 0
+    for name, spec in catalog.targets.items():
+        if not spec.standalone:
+            continue
+        from invertkit.core.audit import audit_target
+        from invertkit.core.interfaces.capability import describe
+
+        target, warnings = audit_target(name, spec, plugins)
+        click.echo(f"target {name}: {spec.backend} {spec.kind}, input {list(target.input_shape)}, "
+                   f"{target.num_classes} classes, exposes {describe(target.capabilities)}")
+        for w in warnings:
+            click.echo(f"warning: {w}", err=True)
+        warned += len(warnings)
     click.echo(f"{where}: ok ({len(catalog.presets)} presets, {len(catalog.targets)} targets, "
-               f"{len(catalog.bench)} bench matrices)")
+               f"{len(catalog.bench)} bench matrices)" + (f"; {warned} warning(s)" if warned else ""))
 
 
 # ----------------------------------------------------------------------------------- run / bench

@@ -96,4 +96,35 @@ def scaling_warning(name: str, load: Callable[[Preprocess], TargetModel], declar
             "(0..1 or 0..255) and set [targets." + name + ".preprocess] accordingly")
 
 
-__all__ = ["capability_warnings", "response", "scaling_warning", "outputs"]
+
+
+def audit_target(name: str, spec, plugins, probe_count: int = 64) -> tuple[TargetModel, list[str]]:  # noqa: ANN001
+    """Load standalone target ``name`` as declared (no prior, no evaluation model) and return it with
+    ``validate``'s warnings: capabilities lost to the backend, and a scaling the model barely responds to
+    (probed on up to ``probe_count`` of its public images)."""
+    from dataclasses import replace
+
+    from invertkit.core.zoo.standalone import probe_scenario
+
+    scenario = probe_scenario(name, spec, plugins)
+    backend = plugins.get("backend", spec.backend)()
+    target = backend.load(spec, scenario, plugins)
+    warnings = capability_warnings(name, spec.access, spec.backend, target)
+    full = spec.model_copy(update={"access": "embedding" if spec.kind == "embedder" else "white-box", "budget": None})
+    declared = Preprocess.model_validate(scenario.facts["model"]["preprocess"])
+
+    def load(pre: Preprocess) -> TargetModel:
+        facts = {**scenario.facts, "model": {**scenario.facts["model"], "preprocess": pre.model_dump(mode="json")}}
+        return backend.load(full, replace(scenario, facts=facts), plugins)
+
+    probe = scenario.split.public[0][:probe_count]
+    try:
+        msg = scaling_warning(name, load, declared, probe)
+    except InvertkitError as exc:  # e.g. the declared scaling already gives non-finite outputs
+        msg = f"target '{name}': probing its outputs failed: {exc}"
+    if msg:
+        warnings.append(msg)
+    return target, warnings
+
+
+__all__ = ["capability_warnings", "response", "scaling_warning", "outputs", "audit_target"]

@@ -228,6 +228,11 @@ class Catalog(Strict):
             raise unknown("target", name, list(self.targets))
         return self.targets[name]
 
+    def prior_recipe(self, target: str) -> PriorRecipe | None:
+        """The prior target ``target`` is attacked with: its preset's, or a standalone target's own (or none)."""
+        spec = self.target(target)
+        return spec.prior if spec.standalone else self.preset(spec.preset).prior
+
     def matrix(self, name: str) -> BenchSpec:
         if name not in self.bench:
             raise unknown("bench matrix", name, list(self.bench))

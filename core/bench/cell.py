@@ -14,7 +14,7 @@ raises (or calls ``sys.exit``) is recorded ``failed`` with its error; ``Keyboard
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,12 @@ import invertkit
 from invertkit.core import progress
 from invertkit.core.bench.plan import Cell
 from invertkit.core.bench.targets import (
-    defended_key, defended_natural_accuracy, gradient_label, load_target, metric_context,
+    defended_key, defended_natural_accuracy, evaluator_target, gradient_label, load_target, metric_context,
 )
 from invertkit.core.cache import atomic_path, atomic_write_json, cache_dir, record_checksum
 from invertkit.core.catalog import Catalog
 from invertkit.core.interfaces.attack import AttackContext
+from invertkit.core.interfaces.metric import metric_shortfall
 from invertkit.core.interfaces.results import AttackResult
 from invertkit.core.interfaces.target import TargetModel
 from invertkit.core.plugins import Plugins
@@ -112,6 +113,9 @@ class CellRun:
     prior_queries: int = 0
     ids: torch.Tensor | None = None
     peak_gpu_mib: float = float("nan")
+    #: metrics the cell's context cannot give (a brought model without an evaluation model or private
+    #: images), with the reason
+    not_applicable: dict[str, str] = field(default_factory=dict)
 
 
 def record_base(cell: Cell) -> dict[str, Any]:
@@ -166,11 +170,20 @@ def evaluate(run: CellRun, result: AttackResult, *, natural_cache: dict | None =
     :func:`~invertkit.core.bench.targets.defended_natural_accuracy`), and every query behind the cell."""
     cell = run.cell
     run.stage = "a metric"
-    mctx = metric_context(run.scenario, run.ids)
+    mctx = metric_context(run.scenario, run.ids, evaluator_target(run.catalog, run.plugins, cell.target))
     mctx.extras["peak_gpu_mib"] = run.peak_gpu_mib
     metrics: dict[str, Any] = {}
-    for m in cell.metrics:
-        metric = run.plugins.get("metric", m)(mctx)
+    have = mctx.available()
+    names = list(cell.metrics)
+    if "eval" not in have and "target" in have and "target-acc" not in names:
+        names.append("target-acc")  # no evaluation model: the target's own figures, labelled as such
+    for m in names:
+        cls = run.plugins.get("metric", m)
+        why = metric_shortfall(cls, have)
+        if why:
+            run.not_applicable[m] = why
+            continue
+        metric = cls(mctx)
         metric.update(result.images, result.labels)
         metrics.update(metric.compute())
     run.stage = "the natural accuracy"
@@ -198,6 +211,7 @@ def persist(run: CellRun, result: AttackResult, metrics: dict[str, Any]) -> Cell
         "defense_config": run.defense.config.model_dump(mode="json"),
         "defense_report": run.defense.report(),
         "samples": len(result),
+        **({"metrics_not_applicable": dict(run.not_applicable)} if run.not_applicable else {}),
         "seed": cell.seed,
         "invertkit": invertkit.__version__,
     }

@@ -152,7 +152,9 @@ def _match(name: str, pattern: str) -> bool:
 def target_capabilities(catalog: Catalog, plugins: Plugins, target: str) -> frozenset:
     """What the registry entry ``target`` exposes before any defense: its access level within its backend's."""
     tspec = catalog.target(target)
-    return ACCESS_LEVELS[tspec.access] & frozenset(plugins.get("backend", tspec.backend).capabilities)
+    backend = plugins.get("backend", tspec.backend)
+    offered = backend.offers(tspec) if hasattr(backend, "offers") else backend.capabilities
+    return ACCESS_LEVELS[tspec.access] & frozenset(offered)
 
 
 def skip_reason(catalog: Catalog, plugins: Plugins, a_cls: Any, defense: Any, target: str, target_caps: frozenset, *,
@@ -168,7 +170,16 @@ def skip_reason(catalog: Catalog, plugins: Plugins, a_cls: Any, defense: Any, ta
                 "is opt-in: --adaptive)")
     if lack:
         return f"needs {describe(lack)}; '{t}' under '{d}' exposes {describe(left)}"
-    prior_plugin = catalog.preset(catalog.target(t).preset).prior.plugin
+    spec = catalog.target(t)
+    if spec.standalone and getattr(defense, "kind", "output") == "training":
+        return (f"'{d}' retrains the target, and '{t}' is a model the user brings, which invertkit cannot retrain "
+                "(defend it yourself and bring the defended model as another target)")
+    recipe = catalog.prior_recipe(t)
+    if recipe is None:
+        if getattr(a_cls, "needs_prior", True):
+            return f"needs a prior, and '{t}' has none (give its entry prior = {{ plugin = \"wgan-gp\" }})"
+        return ""
+    prior_plugin = recipe.plugin
     prior_cls = plugins.get("prior", prior_plugin)
     lacking_features = prior_shortfall(a_cls, getattr(prior_cls, "features", frozenset()), prior_plugin, target=t)
     if lacking_features:

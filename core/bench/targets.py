@@ -20,9 +20,19 @@ from invertkit.core.plugins import Plugins
 from invertkit.core.zoo.scenario import Scenario, build_scenario, defense_context, natural_accuracy
 
 
+def target_scenario(catalog: Catalog, plugins: Plugins, name: str) -> Scenario:
+    """The scenario target ``name`` comes with: its preset's, or (a standalone target) its own entry's."""
+    spec = catalog.target(name)
+    if spec.standalone:
+        from invertkit.core.zoo.standalone import build_standalone
+
+        return build_standalone(name, spec, plugins)
+    return build_scenario(spec.preset, catalog, plugins)
+
+
 def load_target(catalog: Catalog, plugins: Plugins, name: str) -> tuple[TargetModel, Scenario]:
     spec = catalog.target(name)
-    scenario = build_scenario(spec.preset, catalog, plugins)
+    scenario = target_scenario(catalog, plugins, name)
     backend = plugins.get("backend", spec.backend)()
     target = backend.load(spec, scenario, plugins)
     target.name = name
@@ -31,17 +41,32 @@ def load_target(catalog: Catalog, plugins: Plugins, name: str) -> tuple[TargetMo
     return target, scenario
 
 
-def metric_context(scenario: Scenario, attacked: torch.Tensor | None = None) -> MetricContext:
+def evaluator_target(catalog: Catalog, plugins: Plugins, name: str) -> TargetModel:
+    """The evaluator's copy of target ``name``: undefended, every capability its backend has, no budget. Its
+    answers are the report's target-side figures, never the attacker's queries."""
+    spec = catalog.target(name)
+    full = spec.model_copy(update={"access": "embedding" if spec.kind == "embedder" else "white-box", "budget": None})
+    scenario = target_scenario(catalog, plugins, name)
+    return plugins.get("backend", full.backend)().load(full, scenario, plugins)
+
+
+def metric_context(scenario: Scenario, attacked: torch.Tensor | None = None,
+                   target: TargetModel | None = None) -> MetricContext:
     """The evaluator's side of a cell (never handed to an attack): the evaluation model, the independent
-    judges, the private training images, and the identities attacked (the set metrics' reference)."""
+    judges, the private training images, the identities attacked (the set metrics' reference), and with
+    ``target`` (:func:`evaluator_target`) the undefended target's logits. A standalone target may have no
+    evaluation model or private images; the metrics that need them are then not applicable."""
     from invertkit.core.errors import UsageError
+    from invertkit.core.interfaces.capability import Capability
     from invertkit.core.interfaces.target import split_classifier
 
-    net = scenario.eval_net.eval()
-    parts = split_classifier(net)
+    net = scenario.eval_net.eval() if scenario.eval_net is not None else None
+    parts = split_classifier(net) if net is not None else (None, None)
     if parts is None:
         raise UsageError(f"the evaluation model {type(net).__name__} has no features/head split; metrics need its features")
+    logits = target.logits if target is not None and target.has(Capability.LOGITS) else None
     return MetricContext(
+        target_logits=logits,
         eval_logits=net,
         eval_features=parts[0],
         private_images=scenario.split.private_train[0],

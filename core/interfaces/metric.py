@@ -27,8 +27,8 @@ class MetricContext:
     ``attacked`` are the identities attacked in the cell (``None``: every private identity), the reference
     set of set metrics (FID, KID, PRDC)."""
 
-    eval_logits: Callable[[Tensor], Tensor]
-    eval_features: Callable[[Tensor], Tensor]
+    eval_logits: Callable[[Tensor], Tensor] | None
+    eval_features: Callable[[Tensor], Tensor] | None
     private_images: Tensor
     private_labels: Tensor
     num_classes: int
@@ -36,6 +36,37 @@ class MetricContext:
     attacked: Tensor | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     extras: dict[str, Any] = field(default_factory=dict)
+    #: the undefended target's logits (the evaluator's copy, no budget, not the attacker's queries): the
+    #: target-side figures of a target without an evaluation model
+    target_logits: Callable[[Tensor], Tensor] | None = None
+
+    def available(self) -> frozenset[str]:
+        """What this context holds, in :attr:`Metric.needs` terms."""
+        have = set()
+        if self.eval_logits is not None:
+            have.add("eval")
+        if len(self.private_images) > 0:
+            have.add("private")
+        if self.judges:
+            have.add("judges")
+        if self.target_logits is not None:
+            have.add("target")
+        return frozenset(have)
+
+
+#: what a metric can need of its context: ``eval`` (an evaluation model), ``private`` (the target's private
+#: images), ``judges`` (the independent judge's classifiers), ``target`` (the undefended target's logits)
+METRIC_NEEDS = frozenset({"eval", "private", "judges", "target"})
+_NEED_WORDS = {"eval": "an evaluation model", "private": "private images", "judges": "judges",
+               "target": "the target's logits"}
+
+
+def metric_shortfall(metric_cls: Any, available: frozenset[str]) -> str:
+    """Why ``metric_cls`` cannot be computed on a context holding ``available``, or ``""``."""
+    lack = sorted(frozenset(getattr(metric_cls, "needs", METRIC_NEEDS - {"judges", "target"})) - available)
+    if not lack:
+        return ""
+    return f"needs {' and '.join(_NEED_WORDS.get(n, n) for n in lack)}, which the target's entry does not give"
 
 
 class Metric(ABC):
@@ -43,6 +74,9 @@ class Metric(ABC):
     #: the keys :meth:`compute` returns
     keys: ClassVar[tuple[str, ...]]
     Config: ClassVar[type[ComponentConfig]] = ComponentConfig
+    #: what it needs of its :class:`MetricContext` (see :data:`METRIC_NEEDS`); a cell whose context lacks one
+    #: records the metric as not applicable, with the reason, instead of computing it
+    needs: ClassVar[frozenset[str]] = frozenset({"eval", "private"})
     #: True if a higher value means a stronger attack (for orderings and reports)
     higher_is_better: ClassVar[dict[str, bool]] = {}
     summary: ClassVar[str] = ""

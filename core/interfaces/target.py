@@ -284,7 +284,10 @@ class TargetBackend(ABC):
     """A target backend plugin: turns a ``registry.toml`` target entry into a :class:`TargetModel`.
 
     ``load(spec, scenario)`` gets the validated :class:`~invertkit.core.catalog.TargetSpec` and the
-    preset's :class:`~invertkit.core.zoo.scenario.Scenario` (data, trained preset models).
+    preset's :class:`~invertkit.core.zoo.scenario.Scenario` (data, trained preset models), or for a standalone
+    target (a model the user brings) the scenario made of its own entry, whose ``facts["model"]`` holds the
+    model's ``input_shape`` and ``preprocess``. ``inspect(model, plugins)`` says what a brought model file says
+    about itself (``input_shape``, ``outputs``, ``preprocess``; whichever it knows).
     """
 
     name: str
@@ -294,6 +297,11 @@ class TargetBackend(ABC):
 
     def load(self, spec, scenario, plugins) -> TargetModel:  # noqa: ANN001
         raise NotImplementedError
+
+    def inspect(self, model, plugins) -> dict:  # noqa: ANN001
+        from invertkit.core.errors import UsageError
+
+        raise UsageError(f"backend '{self.name}' cannot load a model without a preset")
 
 
 def retarget(target: TargetModel, module: nn.Module) -> TargetModel:

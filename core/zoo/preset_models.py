@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from invertkit.core import progress
 from invertkit.core.cache import atomic_write_json, content_key, entry_lock, file_digest, load_checkpoint, load_into, \
     save_module
-from invertkit.core.catalog import ModelRecipe, Preset
+from invertkit.core.catalog import ModelRecipe, Preset, PriorRecipe
 from invertkit.core.data import Split
 from invertkit.core.errors import CheckpointError, UsageError
 from invertkit.core.interfaces.access import seal
@@ -33,6 +33,9 @@ def build_arch(plugins: Plugins, recipe: ModelRecipe, num_classes: int, in_shape
 
 
 def natural_accuracy(target_label_fn, x: Tensor, y: Tensor, batch_size: int = 512) -> float:  # noqa: ANN001
+    """The fraction of ``x`` labelled ``y``; NaN without images (a brought model with no private data)."""
+    if len(x) == 0:
+        return float("nan")
     correct = 0
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
@@ -118,33 +121,35 @@ def released_classifier(net: nn.Module, recipe: ModelRecipe, split: Split, role:
     return net, facts, key
 
 
-def trained_prior(plugins: Plugins, preset: Preset, split: Split, scenario: str,
+def trained_prior(plugins: Plugins, recipe: PriorRecipe | Preset, split: Split, scenario: str,
                   target: Any = None, target_key: str = "") -> tuple[Prior, dict[str, Any], str]:
-    """The preset's prior, trained on the public images once per content key and cached.
+    """The prior ``recipe`` (a :class:`~invertkit.core.catalog.PriorRecipe`, or a preset, whose prior it is),
+    trained on the public images once per content key and cached.
 
     A prior that learns from the target (``needs_target``) is given ``target``, the attacker's view of the
     target as defended, and ``target_key`` names that (target, defense) pair. The queries its training spent
     are recorded with it, and charged again to ``target`` whenever the cached prior is re-used, so the cell
     that uses it pays for it either way."""
-    builder_cls = plugins.get("prior", preset.prior.plugin)
-    builder: PriorBuilder = builder_cls(preset.prior.options)
+    recipe = recipe.prior if isinstance(recipe, Preset) else recipe
+    builder_cls = plugins.get("prior", recipe.plugin)
+    builder: PriorBuilder = builder_cls(recipe.options)
     public = split.public[0]
     needs_target = bool(getattr(builder, "needs_target", False))
     if needs_target and target is None:
-        raise UsageError(f"prior '{preset.prior.plugin}' learns from the target: it is fitted per (target, defense) "
+        raise UsageError(f"prior '{recipe.plugin}' learns from the target: it is fitted per (target, defense) "
                          "through the attacker's view (invertkit.core.zoo.scenario.prior_for)")
-    torch.manual_seed(preset.prior.seed)
+    torch.manual_seed(recipe.seed)
     nets = builder.networks(split.image_shape)
     key = content_key(
-        {"v": RECIPE_VERSION, "plugin": preset.prior.plugin, "cfg": builder.config.model_dump(),
-         "seed": preset.prior.seed, "data": fingerprint(public), "target": target_key if needs_target else "",
+        {"v": RECIPE_VERSION, "plugin": recipe.plugin, "cfg": builder.config.model_dump(),
+         "seed": recipe.seed, "data": fingerprint(public), "target": target_key if needs_target else "",
          "arch": architecture_signature(nets)}
     )
-    stem = models_dir() / f"prior-{preset.prior.plugin}-{key}"
+    stem = models_dir() / f"prior-{recipe.plugin}-{key}"
     paths = {n: Path(f"{stem}-{n}.safetensors") for n in nets}
     facts_path = Path(f"{stem}.json")
-    with entry_lock(stem, f"prior '{preset.prior.plugin}'"):
-        return _trained_prior(builder, nets, preset, split, scenario, target, needs_target, key, paths, facts_path)
+    with entry_lock(stem, f"prior '{recipe.plugin}'"):
+        return _trained_prior(builder, nets, recipe, split, scenario, target, needs_target, key, paths, facts_path)
 
 
 def _prior_work(config: Any) -> tuple[int | None, str]:
@@ -157,7 +162,7 @@ def _prior_work(config: Any) -> tuple[int | None, str]:
     return None, "step"
 
 
-def _trained_prior(builder: PriorBuilder, nets: dict[str, nn.Module], preset: Preset, split: Split, scenario: str,
+def _trained_prior(builder: PriorBuilder, nets: dict[str, nn.Module], recipe: PriorRecipe, split: Split, scenario: str,
                    target: Any, needs_target: bool, key: str, paths: dict[str, Path],
                    facts_path: Path) -> tuple[Prior, dict[str, Any], str]:
     public = split.public[0]
@@ -171,17 +176,17 @@ def _trained_prior(builder: PriorBuilder, nets: dict[str, nn.Module], preset: Pr
         return builder.wrap(nets), facts, key
     view = seal(target) if needs_target else None
     q0 = view.queries if view is not None else 0
-    label = (f"[{scenario}] training prior '{preset.prior.plugin}' on {len(public)} public images"
+    label = (f"[{scenario}] training prior '{recipe.plugin}' on {len(public)} public images"
              + (f", from the target '{view.name}' as the attacker sees it" if view is not None else "")
              + " (cached for re-use)")
     total, unit = _prior_work(builder.config)
     with progress.task(label, total=total, unit=unit) as t:
-        facts = builder.train(nets, public, seed=preset.prior.seed, target=view, progress=progress.callback(t))
+        facts = builder.train(nets, public, seed=recipe.seed, target=view, progress=progress.callback(t))
         t.advance(max(0, (t.total or 0) - t.done))  # a callback that reports every n steps may stop short
     if view is not None:
         facts["queries"] = view.queries - q0
     for n, net in nets.items():
-        save_module(paths[n], net, {"prior": preset.prior.plugin, "network": n, "config": builder.config.model_dump(),
+        save_module(paths[n], net, {"prior": recipe.plugin, "network": n, "config": builder.config.model_dump(),
                                    "image_shape": list(split.image_shape)})
     atomic_write_json(facts_path, facts)
     return builder.wrap(nets), facts, key

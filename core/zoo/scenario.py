@@ -18,7 +18,8 @@ from torch import nn
 
 from invertkit.core import progress
 from invertkit.core.cache import cache_dir, content_key
-from invertkit.core.catalog import Catalog, Preset
+from invertkit.core.catalog import Catalog, Preset, PriorRecipe
+from invertkit.core.errors import UsageError
 from invertkit.core.data import Split, identity_split
 from invertkit.core.interfaces.prior import Prior
 from invertkit.core.plugins import Plugins
@@ -38,11 +39,18 @@ def log(msg: str) -> None:
 
 @dataclass
 class Scenario:
+    """What a target comes with: the data split, the trained (or released) networks, the prior.
+
+    A preset's scenario has them all. A standalone target's (a model the user brings,
+    :func:`~invertkit.core.zoo.standalone.build_standalone`) has ``preset = None``, no ``target_net`` (its
+    backend loads the user's file), an ``eval_net`` only when the user gives one, private images only when the
+    user has them, and ``prior_recipe`` from its own entry."""
+
     name: str
-    preset: Preset
+    preset: Preset | None
     split: Split
-    target_net: nn.Module
-    eval_net: nn.Module
+    target_net: nn.Module | None
+    eval_net: nn.Module | None
     #: the preset's prior; ``None`` for a prior that learns from the target (KEDMI, PLG-MI): that one is fitted
     #: per cell to the target *as defended*, through the attacker's view (:func:`prior_for`)
     prior: Prior | None
@@ -50,6 +58,13 @@ class Scenario:
     keys: dict[str, str] = field(default_factory=dict)
     #: the independent judge's classifiers (trained on the private split; never the target)
     judges: list[nn.Module] = field(default_factory=list)
+
+    #: the prior's recipe (the preset's, or a standalone target's own; ``None``: the target has no prior)
+    prior_recipe: PriorRecipe | None = None
+
+    def __post_init__(self) -> None:
+        if self.prior_recipe is None and self.preset is not None:
+            self.prior_recipe = self.preset.prior
 
     @property
     def num_classes(self) -> int:
@@ -60,8 +75,9 @@ class Scenario:
         return self.split.image_shape
 
 
-def prior_needs_target(plugins: Plugins, preset: Preset) -> bool:
-    return bool(getattr(plugins.get("prior", preset.prior.plugin), "needs_target", False))
+def prior_needs_target(plugins: Plugins, recipe: PriorRecipe | Preset | None) -> bool:
+    recipe = recipe.prior if isinstance(recipe, Preset) else recipe
+    return recipe is not None and bool(getattr(plugins.get("prior", recipe.plugin), "needs_target", False))
 
 
 def prior_for(scenario: Scenario, plugins: Plugins, target: Any, defense_key: str) -> tuple[Prior, dict[str, Any]]:
@@ -70,8 +86,11 @@ def prior_for(scenario: Scenario, plugins: Plugins, target: Any, defense_key: st
     (target, defense) (``defense_key``), its queries charged to ``target`` (see :func:`trained_prior`)."""
     if scenario.prior is not None:
         return scenario.prior, scenario.facts.get("prior", {})
+    if scenario.prior_recipe is None:
+        raise UsageError(f"target '{scenario.name}' has no prior: give its entry a prior = {{ plugin = \"wgan-gp\" }}, "
+                         "trained on its public images")
     key = f"{scenario.keys.get('target', '')}/{defense_key}"
-    prior, facts, _ = trained_prior(plugins, scenario.preset, scenario.split, scenario.name, target=target, target_key=key)
+    prior, facts, _ = trained_prior(plugins, scenario.prior_recipe, scenario.split, scenario.name, target=target, target_key=key)
     return prior, facts
 
 
@@ -126,6 +145,13 @@ def defense_context(scenario: Scenario, plugins: Plugins, seed: int = 0, adaptiv
     recipe, fresh target networks and a content-addressed cache for defended models."""
     from invertkit.core.interfaces.defense import DefenseContext
 
+    if scenario.preset is None:  # a brought model: output defenses apply, training-time ones cannot retrain it
+        def refuse(*_: Any, **__: Any) -> nn.Module:
+            raise UsageError(f"target '{scenario.name}' is a model the user brings: invertkit cannot retrain it, so a "
+                             "training-time defense does not apply (defend it yourself and bring the defended model)")
+
+        return DefenseContext(seed=seed, adaptive=adaptive, data=scenario.split, recipe=None, new_model=refuse,
+                              cached=refuse, extras={"scenario": scenario, "target_net": None})
     recipe = scenario.preset.target
 
     def new_model() -> nn.Module:

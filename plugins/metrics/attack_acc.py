@@ -19,11 +19,16 @@ from invertkit.core.interfaces.metric import Metric
 
 class AttackAccuracy(Metric):
     name = "attack-acc"
+    needs = frozenset({"eval"})
     paper = "https://arxiv.org/abs/1911.07135"
     keys = ("acc@1", "acc@5", "acc@1_class_std", "eval_conf")
     # acc@1_class_std is descriptive (how uneven the attack is across identities), not a strength score
     higher_is_better = {"acc@1": True, "acc@5": True, "eval_conf": True}
     summary = "Top-1/top-5 accuracy of the evaluation model on the reconstructions (and its spread over identities)."
+
+    def scores(self, images: Tensor) -> Tensor:
+        """The judging model's logits: the evaluation model's."""
+        return self.ctx.eval_logits(images)
 
     def reset(self) -> None:
         self.correct1 = 0
@@ -36,7 +41,7 @@ class AttackAccuracy(Metric):
         if len(images) == 0:
             return
         with torch.no_grad():
-            logits = self.ctx.eval_logits(images.to(self.ctx.device)).cpu()
+            logits = self.scores(images.to(self.ctx.device)).float().cpu()
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
         labels = labels.cpu()
@@ -55,12 +60,9 @@ class AttackAccuracy(Metric):
             return {k: float("nan") for k in self.keys}
         # sorted by identity: the value is the same, bit for bit, however the results were batched
         accs = torch.tensor([c / t for _, (c, t) in sorted(self.per_class.items())], dtype=torch.float64)
-        return {
-            "acc@1": self.correct1 / self.total,
-            "acc@5": self.correct5 / self.total,
-            "acc@1_class_std": float(accs.std(unbiased=False)),
-            "eval_conf": math.fsum(self.conf) / self.total,
-        }
+        values = (self.correct1 / self.total, self.correct5 / self.total, float(accs.std(unbiased=False)),
+                  math.fsum(self.conf) / self.total)
+        return dict(zip(self.keys, values))
 
 
 @hookimpl

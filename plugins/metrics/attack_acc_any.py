@@ -15,6 +15,7 @@ from invertkit.core.interfaces.metric import Metric
 
 class AttackAccuracyAny(Metric):
     name = "attack-acc-any"
+    needs = frozenset({"eval"})
     paper = "https://arxiv.org/abs/1911.07135"
     keys = ("acc@1_any", "acc@5_any")
     higher_is_better = {"acc@1_any": True, "acc@5_any": True}

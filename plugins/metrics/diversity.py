@@ -21,6 +21,7 @@ from invertkit.core.metrics import features
 
 class Diversity(Metric):
     name = "diversity"
+    needs = frozenset({"eval"})
     paper = "https://arxiv.org/abs/2010.04092"
     keys = ("diversity",)
     higher_is_better = {"diversity": True}

@@ -72,6 +72,7 @@ class InceptionSetMetric(Metric):
 
 class FID(InceptionSetMetric):
     name = "fid"
+    needs = frozenset({"private"})
     paper = "https://arxiv.org/abs/1706.08500"
     keys = ("fid",)
     higher_is_better = {"fid": False}

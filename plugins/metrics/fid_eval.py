@@ -20,6 +20,7 @@ from invertkit.core.metrics import GaussianStats, features, frechet_distance, re
 
 class EvalFID(Metric):
     name = "fid-eval"
+    needs = frozenset({"eval", "private"})
     paper = "https://arxiv.org/abs/1706.08500"
     keys = ("fid_eval",)
     higher_is_better = {"fid_eval": False}

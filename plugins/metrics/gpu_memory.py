@@ -18,6 +18,7 @@ from invertkit.core.interfaces.metric import Metric
 
 class GPUMemory(Metric):
     name = "gpu-memory"
+    needs = frozenset()
     paper = ""
     keys = ("peak_gpu_mib",)
     higher_is_better = {"peak_gpu_mib": False}  # a cost of the attack

@@ -65,6 +65,7 @@ def nearest_index(queries: Tensor, refs: Tensor) -> Tensor:
 
 class Judge(Metric):
     name = "judge"
+    needs = frozenset({"eval", "private", "judges"})
     paper = "https://arxiv.org/abs/2505.03519"
     keys = ("judge_acc", "judge_agree", "nn_feat_acc", "nn_pixel_acc", "adversarial_rate", "adversarial_share")
     # adversarial_*: a high value means the evaluation model's figure is inflated by reconstructions the

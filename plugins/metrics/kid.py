@@ -22,6 +22,7 @@ from invertkit.plugins.metrics.fid import InceptionConfig, InceptionSetMetric
 
 class KID(InceptionSetMetric):
     name = "kid"
+    needs = frozenset({"private"})
     paper = "https://arxiv.org/abs/1801.01401"
     keys = ("kid", "kid_std")
     higher_is_better = {"kid": False}  # kid_std is the spread of the estimate over subsets, descriptive

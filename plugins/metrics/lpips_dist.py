@@ -70,6 +70,7 @@ def build_lpips(net: str, backbone_path: Path) -> nn.Module:
 
 class LPIPSDistance(Metric):
     name = "lpips"
+    needs = frozenset({"private"})
     paper = "https://arxiv.org/abs/1801.03924"
     keys = ("lpips",)
     higher_is_better = {"lpips": False}

@@ -82,6 +82,7 @@ def ssim(a: Tensor, b: Tensor, *, sigma: float = 1.5, k1: float = 0.01, k2: floa
 
 class PixelSimilarity(Metric):
     name = "pixel"
+    needs = frozenset({"private"})
     paper = "https://doi.org/10.1109/TIP.2003.819861"
     keys = ("mse", "psnr", "ssim")
     higher_is_better = {"mse": False, "psnr": True, "ssim": True}

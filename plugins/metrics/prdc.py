@@ -71,6 +71,7 @@ def prdc(real: Tensor, fake: Tensor, k: int) -> dict[str, float]:
 
 class PRDC(Metric):
     name = "prdc"
+    needs = frozenset({"eval", "private"})
     paper = "https://arxiv.org/abs/2002.09797"
     keys = ("precision", "recall", "density", "coverage")
     higher_is_better = {"precision": True, "recall": True, "density": True, "coverage": True}

@@ -62,6 +62,7 @@ def calibrate(templates: Tensor, labels: Tensor, fmr: float) -> tuple[float, flo
 
 class TemplateInversion(Metric):
     name = "template"
+    needs = frozenset({"eval", "private"})
     paper = "https://arxiv.org/abs/1703.00832"
     keys = ("template_cos", "sar", "tmr@fmr", "threshold", "fmr_achieved")
     # tmr@fmr, threshold and fmr_achieved describe the recognition system's operating point (descriptive)
