@@ -323,13 +323,16 @@ def _split_options(options: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 @click.option("-o", "options", multiple=True, metavar="KEY=VALUE",
               help="Attack option (e.g. -o iterations=100); prefix defense options with 'defense.' (or its name).")
 @click.option("--samples", default=None, type=click.IntRange(min=1), help="Reconstructions per identity.")
+@click.option("--identities", default=None, metavar="LIST",
+              help="Identities (classes) to attack: indices and ranges, e.g. '0..4,17'; or class names where the "
+                   "target's private data is a class-folder (default: every class).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", default=None, type=click.Path(), help="Write the reconstructions (PNG grid) and the record here.")
 @click.option("--adaptive", is_flag=True,
               help="An adaptive attacker: holds the weights and must pass an output defense (BPDA gradients); labelled.")
 @click.option("--registry", "registry_path", type=click.Path())
-def run_cmd(attack: str, target: str, defense: str, options: tuple[str, ...], samples: int | None, seed: int,
-            out: str | None, adaptive: bool, registry_path: str | None) -> None:
+def run_cmd(attack: str, target: str, defense: str, options: tuple[str, ...], samples: int | None,
+            identities: str | None, seed: int, out: str | None, adaptive: bool, registry_path: str | None) -> None:
     """Run one attack against one (defended) target and print its metrics."""
     from invertkit.core.bench.plan import Cell, skip_reason, target_capabilities
     from invertkit.core.bench.report import grid_png
@@ -357,10 +360,11 @@ def run_cmd(attack: str, target: str, defense: str, options: tuple[str, ...], sa
     if reason:
         raise CapabilityError(f"attack '{attack}' on '{target}' under '{defense}': {reason}")
     default = catalog.bench.get("default")
+    judged = not tspec.standalone and bool(catalog.preset(tspec.preset).judges)
     cell = Cell(attack=attack, defense=defense, target=target, attack_options=a_opts, defense_options=d_opts,
                 samples_per_identity=samples or (default.samples_per_identity if default else 8), seed=seed,
-                metrics=("attack-acc", "knn-dist", *(("judge",) if getattr(catalog.preset(tspec.preset), "judges", None) else ())),
-                adaptive=adaptive)
+                identities=_identities(identities, catalog, plugins, target) if identities else None,
+                metrics=("attack-acc", "knn-dist", *(("judge",) if judged else ())), adaptive=adaptive)
     outcome = run_cell(cell, catalog, plugins, use_cache=False, debug=_debug_now())
     rec = outcome.record
     if rec["status"] != "ok":
@@ -374,6 +378,49 @@ def run_cmd(attack: str, target: str, defense: str, options: tuple[str, ...], sa
         atomic_write_bytes(path / "reconstructions.png", png)
         atomic_write_json(path / "record.json", rec)
         click.echo(f"wrote {path / 'record.json'} and {path / 'reconstructions.png'}")
+
+
+def _identities(text: str, catalog: Any, plugins: Any, target: str) -> tuple[int, ...]:
+    """``--identities``: comma-separated indices, ``a..b`` ranges, or class names (the folder names of a
+    standalone target's class-folder private data), checked against the target's number of classes."""
+    from invertkit.core.catalog import class_list
+    from invertkit.core.errors import UsageError
+    from invertkit.core.registry import unknown
+
+    spec = catalog.target(target)
+    if spec.standalone:
+        from invertkit.core.zoo.standalone import model_facts
+
+        n = model_facts(target, spec, plugins)["num_classes"]
+    else:
+        n = len(catalog.preset(spec.preset).private_classes)
+    names: list[str] | None = None
+    out: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if part.isdigit() or ".." in part:
+            try:
+                out.extend([int(part)] if part.isdigit() else class_list(part))
+            except ValueError as exc:
+                raise UsageError(f"--identities: {exc}") from None
+            continue
+        if names is None:
+            data = spec.private if spec.standalone else None
+            adapter = plugins.get("dataset", data.dataset)() if data is not None else None
+            if adapter is None or not hasattr(adapter, "class_names"):
+                raise UsageError(f"--identities: '{part}' is not an index or a range a..b, and target '{target}' has "
+                                 "no named classes (a class-folder private set names them)")
+            names = adapter.class_names(data.root)
+        if part not in names:
+            raise unknown("class", part, names)
+        out.append(names.index(part))
+    bad = [i for i in out if not 0 <= i < n]
+    if bad:
+        raise UsageError(f"--identities: {bad} out of range: target '{target}' has {n} classes (0..{n - 1})")
+    if not out:
+        raise UsageError("--identities: no identity given")
+    return tuple(dict.fromkeys(out))
 
 
 def _print_matrix(records: list[dict[str, Any]]) -> None:

@@ -254,3 +254,19 @@ def test_standalone_entries_are_checked(tmp_path: Path) -> None:
     reg.write_text('[targets.x]\npreset = "p"\npublic = { dataset = "image-folder" }\n')
     res = invoke("validate", str(reg))
     assert res.exit_code != 0 and "only for a standalone target" in res.output
+
+
+def test_run_identities_by_range_and_name(brought: Path, tmp_path: Path) -> None:
+    reg = _registry(brought)
+    res = invoke("run", "--registry", str(reg), "-a", "gmi", "-t", "torch-mod", "--identities", "0..1,3",
+                 "--samples", "2", "-o", "iterations=20", "--out", str(tmp_path / "r"))
+    assert res.exit_code == 0, res.output
+    rec = json.loads((tmp_path / "r" / "record.json").read_text())
+    assert rec["samples"] == 6 and "acc@1" in rec["metrics"]
+    res = invoke("run", "--registry", str(reg), "-a", "gmi", "-t", "torch-mod", "--identities", "4,2",
+                 "--samples", "1", "-o", "iterations=5")
+    assert res.exit_code == 0, res.output  # class-folder names of the private digits are '0'..'4': indices here
+    bad = invoke("run", "--registry", str(reg), "-a", "nes", "-t", "onnx-clf", "--identities", "12")
+    assert bad.exit_code != 0 and "out of range" in bad.output and "10 classes" in bad.output
+    bad = invoke("run", "--registry", str(reg), "-a", "nes", "-t", "onnx-clf", "--identities", "cat")
+    assert bad.exit_code != 0 and "no named classes" in bad.output

@@ -186,3 +186,24 @@ def test_scaling_warning_finds_a_0_255_model_fed_0_1():
     msg = scaling_warning("t", load, Preprocess(), probe)
     assert msg is not None and "preprocess.scale = 255" in msg
     assert scaling_warning("t", load, Preprocess(scale=255), probe) is None
+
+
+# ------------------------------------------------------------------------------------------ many classes
+def test_mi_face_log_probability_moves_a_1000_class_model():
+    """At p_y ~ 1/1000 the paper's cost 1 - p_y has a vanishing gradient; the log-probability objective does not."""
+    from invertkit.plugins.attacks.mi_face import MIFace
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 1000))
+    with torch.no_grad():
+        net[1].weight.mul_(20)  # the logit scale of a trained model
+    target = TorchTarget(net, num_classes=1000, input_shape=(1, 8, 8))
+    labels = torch.tensor([3, 500, 999])
+
+    def p_y(objective):
+        out = MIFace({"iterations": 40, "objective": objective, "tv_weight": 0.0})(target, labels, seed=0)
+        with torch.no_grad():
+            return torch.softmax(net(out.images), 1).gather(1, labels[:, None]).mean().item()
+
+    paper, logp = p_y("probability"), p_y("log-probability")
+    assert paper < 0.01 < 0.5 < logp
