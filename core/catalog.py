@@ -70,6 +70,19 @@ class PriorRecipe(Strict):
     seed: int = 0
 
 
+class DataSpec(Strict):
+    """Images a standalone target's entry brings: any dataset adapter (``image-folder`` for an unlabelled folder,
+    ``class-folder`` for a folder per class, or a bundled one), its root and options; ``classes`` keeps only
+    those labels (for private data: the target's class indices the folders stand for)."""
+
+    dataset: str
+    root: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    classes: tuple[int, ...] | None = None
+
+    _classes = field_validator("classes", mode="before")(classmethod(lambda cls, v: class_list(v)))
+
+
 class Preset(Strict):
     """A scenario: a dataset split by identity, the target, the evaluation model, the judges and the prior."""
 
@@ -79,7 +92,12 @@ class Preset(Strict):
     #: the dataset adapter's own options (its ``Config``), e.g. celeba-kedmi's ``split_sha256``
     dataset_options: dict[str, Any] = Field(default_factory=dict)
     private_classes: tuple[int, ...]
-    public_classes: tuple[int, ...]
+    #: the dataset's classes the attacker's public images come from (identity-disjoint from the private ones);
+    #: may be empty when ``public`` names another dataset
+    public_classes: tuple[int, ...] = ()
+    #: public images from another dataset than the private ones (an unlabelled folder is enough for a prior
+    #: that needs no labels), decoded at the private images' size and channels; they replace ``public_classes``
+    public: DataSpec | None = None
     test_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = 0
     target: ModelRecipe
@@ -98,20 +116,12 @@ class Preset(Strict):
         both = set(self.private_classes) & set(self.public_classes)
         if both:
             raise ValueError(f"private_classes and public_classes overlap: {sorted(both)}")
+        if self.public is not None and self.public_classes:
+            raise ValueError("give public_classes (public images from the preset's own dataset) or public (from "
+                             "another dataset), not both")
+        if self.public is None and not self.public_classes:
+            raise ValueError("the attacker needs public images: give public_classes, or public = { dataset = ... }")
         return self
-
-
-class DataSpec(Strict):
-    """Images a standalone target's entry brings: any dataset adapter (``image-folder`` for an unlabelled folder,
-    ``class-folder`` for a folder per class, or a bundled one), its root and options; ``classes`` keeps only
-    those labels (for private data: the target's class indices the folders stand for)."""
-
-    dataset: str
-    root: str | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
-    classes: tuple[int, ...] | None = None
-
-    _classes = field_validator("classes", mode="before")(classmethod(lambda cls, v: class_list(v)))
 
 
 class ModelFile(Strict):
@@ -286,6 +296,8 @@ def check_catalog(catalog: Catalog, plugins: Any, where: str) -> None:
     try:
         for preset in catalog.presets.values():
             plugins.registry["dataset"][preset.dataset]
+            if preset.public is not None:
+                plugins.get("dataset", preset.public.dataset)().options(preset.public.options)
             for recipe in (preset.target, preset.eval, *preset.judges):
                 plugins.registry["architecture"][recipe.arch]
             plugins.get("prior", preset.prior.plugin)(preset.prior.options)  # validates the options

@@ -270,3 +270,24 @@ def test_run_identities_by_range_and_name(brought: Path, tmp_path: Path) -> None
     assert bad.exit_code != 0 and "out of range" in bad.output and "10 classes" in bad.output
     bad = invoke("run", "--registry", str(reg), "-a", "nes", "-t", "onnx-clf", "--identities", "cat")
     assert bad.exit_code != 0 and "no named classes" in bad.output
+
+
+def test_a_preset_takes_public_images_from_another_dataset(brought: Path, plugins) -> None:  # noqa: ANN001
+    from invertkit.core.catalog import parse_catalog
+    from invertkit.core.errors import RegistryFileError
+    from invertkit.core.zoo.scenario import load_split
+
+    text = textwrap.dedent(f"""
+        [presets.p]
+        dataset = "digits"
+        private_classes = [0, 1, 2]
+        public = {{ dataset = "image-folder", root = "{brought / 'public'}" }}
+        target = {{ arch = "small-cnn" }}
+        eval = {{ arch = "small-mlp" }}
+        prior = {{ plugin = "wgan-gp" }}
+    """)
+    split = load_split(plugins, parse_catalog(text).preset("p"))
+    assert split.public[0].shape == (300, 1, 8, 8)  # the folder's PNGs, at the private images' size and channels
+    assert split.num_classes == 3 and split.private_train[0].shape[1:] == (1, 8, 8)
+    with pytest.raises(RegistryFileError, match="not both"):
+        parse_catalog(text.replace("private_classes = [0, 1, 2]", "private_classes = [0, 1, 2]\npublic_classes = [5]"))

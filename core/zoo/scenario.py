@@ -98,11 +98,20 @@ _MEMO: dict[str, Scenario] = {}
 
 
 def load_split(plugins: Plugins, preset: Preset) -> Split:
+    """The preset's identity split; with ``preset.public`` the public images come from that dataset instead
+    (decoded at the private images' size and channels)."""
+    from dataclasses import replace
+
     adapter = plugins.get("dataset", preset.dataset)()
     x, y = adapter.load(preset.root, **preset.dataset_options) if preset.dataset_options else adapter.load(preset.root)
-    return identity_split(
+    split = identity_split(
         x, y, preset.private_classes, preset.public_classes, test_fraction=preset.test_fraction, seed=preset.seed
     )
+    if preset.public is not None:
+        from invertkit.core.zoo.standalone import load_images
+
+        split = replace(split, public=load_images(plugins, preset.public, split.image_shape, "the preset's public data"))
+    return split
 
 
 def build_scenario(name: str, catalog: Catalog, plugins: Plugins) -> Scenario:
