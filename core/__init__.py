@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from invertkit.core.errors import InvertkitError
     from invertkit.core.interfaces import (
         Attack,
+        AttackConfig,
         AttackResult,
         Capability,
         Defense,
@@ -21,12 +22,13 @@ if TYPE_CHECKING:  # pragma: no cover
         MetricContext,
         OutputDefense,
         Prior,
+        PriorFeature,
         TargetModel,
     )
 
 _WHERE = {"InvertkitError": "invertkit.core.errors", **{n: "invertkit.core.interfaces" for n in (
-    "Attack", "AttackResult", "Capability", "Defense", "Metric", "MetricContext", "OutputDefense", "Prior",
-    "TargetModel")}}
+    "Attack", "AttackConfig", "AttackResult", "Capability", "Defense", "Metric", "MetricContext", "OutputDefense",
+    "Prior", "PriorFeature", "TargetModel")}}
 
 
 def __getattr__(name: str) -> Any:
@@ -39,6 +41,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "Attack",
+    "AttackConfig",
     "AttackResult",
     "Capability",
     "Defense",
@@ -47,5 +50,6 @@ __all__ = [
     "MetricContext",
     "OutputDefense",
     "Prior",
+    "PriorFeature",
     "TargetModel",
 ]

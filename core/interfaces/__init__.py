@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from invertkit.core.interfaces.attack import Attack, AttackConfig, AttackContext
-    from invertkit.core.interfaces.capability import ACCESS_LEVELS, Capabilities, Capability, caps
+    from invertkit.core.interfaces.capability import ACCESS_LEVELS, Capabilities, Capability, PriorFeature, caps
     from invertkit.core.interfaces.config import ComponentConfig, build_config, parse_overrides
     from invertkit.core.interfaces.defense import DefendedTarget, Defense, DefenseContext, OutputDefense, TrainingDefense
     from invertkit.core.interfaces.metric import Metric, MetricContext
@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _MODULES = {
     "attack": ("Attack", "AttackConfig", "AttackContext"),
-    "capability": ("ACCESS_LEVELS", "Capabilities", "Capability", "caps"),
+    "capability": ("ACCESS_LEVELS", "Capabilities", "Capability", "PriorFeature", "caps"),
     "config": ("ComponentConfig", "build_config", "parse_overrides"),
     "defense": ("DefendedTarget", "Defense", "DefenseContext", "OutputDefense", "TrainingDefense"),
     "metric": ("Metric", "MetricContext"),
@@ -56,6 +56,7 @@ __all__ = [
     "MetricContext",
     "OutputDefense",
     "Prior",
+    "PriorFeature",
     "Restricted",
     "TargetBackend",
     "TargetModel",
