@@ -371,6 +371,8 @@ def run_cmd(attack: str, target: str, defense: str, options: tuple[str, ...], sa
         raise InvertkitError(f"{attack} on {target} under {defense} failed: {rec['reason']}")
     m = rec["metrics"]
     click.echo(f"{attack} x {defense} x {target}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()))
+    if rec.get("budget", {}).get("exhausted"):
+        click.echo(f"query budget of {rec['budget']['limit']} exhausted: the attack ended with what it had")
     if out:
         path = Path(out)
         order = outcome.labels.argsort(stable=True)
@@ -598,7 +600,9 @@ def train_cmd(what: str, preset_name: str, registry_path: str | None) -> None:
     facts = {"target": sc.facts["target"], "eval": sc.facts["eval"], "prior": sc.facts["prior"]}
     for part in (["target", "eval", "prior"] if what == "all" else [what]):
         f = facts[part]
-        if part == "prior":
+        if part == "prior" and sc.preset.prior is None:
+            click.echo(f"{preset_name} has no prior (nothing to train)")
+        elif part == "prior":
             click.echo(f"{preset_name} prior ({sc.preset.prior.plugin}): trained in {f.get('seconds', float('nan')):.1f} s "
                        f"[key {sc.keys['prior']}]")
         else:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from invertkit.core.errors import NonFiniteError
+from invertkit.core.errors import NonFiniteError, QueryBudgetExceeded
 
 #: ``objective(params, index) -> per-sample loss`` (differentiable in params). ``index`` are the rows of
 #: the full batch that ``params`` holds (identities/labels are looked up by it).
@@ -32,6 +32,8 @@ class LoopResult:
     #: before the final step (evaluating once more would cost a black-box attack one more round of queries)
     loss: Tensor
     iterations: Tensor  # per-sample iterations actually run
+    #: the target's query budget ran out: the loop ended there, with what it had
+    exhausted: bool = False
 
 
 def make_optimizer(kind: str, params: Tensor, lr: float, momentum: float = 0.9, betas=(0.9, 0.999)) -> torch.optim.Optimizer:  # noqa: ANN001
@@ -67,6 +69,10 @@ def optimise(
     ``patience``: a sample stops once its loss has not improved on its best for that many steps.
     ``stop_below``: a sample stops once its loss is at or below this value. Stopped samples are no longer
     evaluated (a black-box target is no longer queried for them).
+
+    When the target refuses a query past its budget (:class:`~invertkit.core.errors.QueryBudgetExceeded`), the
+    loop ends there with what it has (the best, or the current, parameters; the refused step changes nothing)
+    and says so (``exhausted``): a budget is a stopping rule, not a failure.
     """
     if (objective is None) == (estimate is None):
         raise ValueError("give exactly one of objective / estimate")
@@ -81,22 +87,27 @@ def optimise(
     since_best = torch.zeros(n, dtype=torch.long, device=params.device)
     ran = torch.zeros(n, dtype=torch.long, device=params.device)
     last_loss = torch.full((n,), float("inf"), device=params.device, dtype=params.dtype)
+    exhausted = False
     for _ in range(iterations):
         if not bool(active.any()):
             break
         idx = all_idx[active]
         opt.zero_grad(set_to_none=True)
-        if objective is not None:
-            sub = params[idx] if idx.numel() < n else params
-            loss = objective(sub, idx)
-            (loss.sum() * loss_scale).backward()
-            loss = loss.detach()
-        else:
-            sub = params.detach()[idx]
-            loss, grad = estimate(sub, idx)  # type: ignore[misc]
-            full = torch.zeros_like(params)
-            full[idx] = grad.to(full.dtype) * loss_scale
-            params.grad = full
+        try:
+            if objective is not None:
+                sub = params[idx] if idx.numel() < n else params
+                loss = objective(sub, idx)
+                (loss.sum() * loss_scale).backward()
+                loss = loss.detach()
+            else:
+                sub = params.detach()[idx]
+                loss, grad = estimate(sub, idx)  # type: ignore[misc]
+                full = torch.zeros_like(params)
+                full[idx] = grad.to(full.dtype) * loss_scale
+                params.grad = full
+        except QueryBudgetExceeded:
+            exhausted = True
+            break
         loss = loss.detach().to(device=params.device, dtype=params.dtype)
         if not bool(torch.isfinite(loss).all()):
             raise NonFiniteError("the attack objective became NaN or infinite")
@@ -126,8 +137,8 @@ def optimise(
             stop |= best_loss <= stop_below
         active &= ~stop
     if keep_best:
-        return LoopResult(best, best_loss, ran)
-    return LoopResult(params.detach(), last_loss, ran)
+        return LoopResult(best, best_loss, ran, exhausted)
+    return LoopResult(params.detach(), last_loss, ran, exhausted)
 
 
 def batched(n: int, batch_size: int | None) -> list[slice]:

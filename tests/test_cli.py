@@ -339,11 +339,14 @@ def test_capability_error_says_what_is_missing() -> None:
     assert "needs {probs}" in line and "exposes {label}" in line
 
 
-def test_query_budget_exceeded_and_nothing_half_written(scenario, tmp_path: Path) -> None:
+def test_a_query_budget_ends_the_attack_and_the_record_says_so(scenario, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    error_line(invoke("run", "--attack", "nes", "--target", "tiny-cnn-budget", "--registry", TINY,
-                      "-o", "iterations=50", "--samples", "2", "--out", out), 1, "query budget", "tiny-cnn-budget")
-    assert not out.exists() or not any(out.iterdir()), f"partial files left: {list(out.iterdir())}"
+    res = ok(invoke("run", "--attack", "nes", "--target", "tiny-cnn-budget", "--registry", TINY,
+                    "-o", "iterations=50", "--samples", "2", "--out", out))
+    assert "query budget of 1000 exhausted" in res.stdout
+    rec = json.loads((out / "record.json").read_text())
+    assert rec["budget"] == {"limit": 1000, "used": rec["metrics"]["queries"], "exhausted": True}
+    assert rec["metrics"]["queries"] <= 1000
 
 
 @pytest.mark.parametrize(

@@ -289,3 +289,25 @@ def test_batched_covers_range_exactly(n: int, batch_size: int | None) -> None:
         assert all(sl.stop - sl.start <= batch_size for sl in slices)
         assert all(sl.stop - sl.start == batch_size for sl in slices[:-1])
         assert len(slices) == -(-n // batch_size)
+
+
+def test_a_budget_ends_the_loop_with_what_it_has():
+    """optimise() treats the target's refusal past its budget as a stopping rule: it returns the parameters it
+    had (best, with keep_best) and says so, and the target's counter never passes the budget."""
+    from invertkit.core.interfaces.target import TorchTarget
+    from invertkit.core.optim import optimise
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    target = TorchTarget(net, num_classes=3, input_shape=(1, 2, 2), budget=25)
+    y = torch.tensor([0, 1, 2, 0, 1])
+
+    def cost(x, idx):  # noqa: ANN001, ANN202
+        return -target.log_probs(x).gather(1, y[idx, None]).squeeze(1)
+
+    out = optimise(torch.zeros(5, 1, 2, 2), iterations=100, lr=0.1, objective=cost, keep_best=True)
+    assert out.exhausted and target.exhausted and target.queries == 25
+    assert out.iterations.tolist() == [5] * 5 and bool(torch.isfinite(out.loss).all())
+    free = optimise(torch.zeros(5, 1, 2, 2), iterations=3, lr=0.1,
+                    objective=lambda x, idx: -net(x).log_softmax(1).gather(1, y[idx, None]).squeeze(1))
+    assert not free.exhausted

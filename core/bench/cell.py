@@ -26,7 +26,8 @@ import invertkit
 from invertkit.core import progress
 from invertkit.core.bench.plan import Cell
 from invertkit.core.bench.targets import (
-    defended_key, defended_natural_accuracy, evaluator_target, gradient_label, load_target, metric_context,
+    attacked_records, defended_key, defended_natural_accuracy, evaluator_target, gradient_label, load_target,
+    metric_context,
 )
 from invertkit.core.cache import atomic_path, atomic_write_json, cache_dir, record_checksum
 from invertkit.core.catalog import Catalog
@@ -106,7 +107,8 @@ class CellRun:
     scenario: Scenario | None = None
     key: str = ""
     defense: Any = None
-    #: the target as defended, as the attack sees it
+    #: the target as loaded (its budget), and as defended, as the attack sees it
+    target: TargetModel | None = None
     attacked: TargetModel | None = None
     attack: Any = None
     prior: Any = None
@@ -116,6 +118,9 @@ class CellRun:
     #: metrics the cell's context cannot give (a brought model without an evaluation model or private
     #: images), with the reason
     not_applicable: dict[str, str] = field(default_factory=dict)
+    #: a records target (tabular): the attacked records, what the attacker knows of them and what the
+    #: evaluator compares (:func:`~invertkit.core.bench.targets.attacked_records`); ``None`` for images
+    records: Any = None
 
 
 def record_base(cell: Cell) -> dict[str, Any]:
@@ -128,6 +133,7 @@ def prepare(run: CellRun, *, use_cache: bool = True) -> CellOutcome | None:
     cell, plugins = run.cell, run.plugins
     run.stage = "the target"
     target, run.scenario = load_target(run.catalog, plugins, cell.target)
+    run.target = target
     run.key = cell_key(cell, run.scenario)
     if use_cache:
         cached = read_cached_cell(run.key)
@@ -144,17 +150,20 @@ def prepare(run: CellRun, *, use_cache: bool = True) -> CellOutcome | None:
     run.stage = "prior"
     run.prior = prior_for(run.scenario, plugins, run.attacked, d_key)[0] if run.attack.needs_prior else None
     run.prior_queries = run.attacked.queries
+    run.ids = torch.tensor(cell.identities if cell.identities is not None else range(run.scenario.num_classes))
+    run.records = attacked_records(run.scenario, run.ids)
     run.attack.context = AttackContext(public_images=run.scenario.split.public[0],
                                        public_labels=run.scenario.split.public[1], plugins=plugins,
-                                       cache=derived_cache(run.scenario, run.attacked, d_key))
-    run.ids = torch.tensor(cell.identities if cell.identities is not None else range(run.scenario.num_classes))
+                                       cache=derived_cache(run.scenario, run.attacked, d_key),
+                                       extras=dict(run.records.attacker) if run.records is not None else {})
     return None
 
 
 def attack(run: CellRun) -> AttackResult:
     """Run the prepared attack on the defended target (the peak GPU memory it took is noted in ``run``)."""
     run.stage = "attack"
-    labels = run.ids.repeat_interleave(run.cell.samples_per_identity)
+    # records: one inference per attacked record, its (known) label; images: samples per identity
+    labels = run.records.labels if run.records is not None else run.ids.repeat_interleave(run.cell.samples_per_identity)
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -172,6 +181,8 @@ def evaluate(run: CellRun, result: AttackResult, *, natural_cache: dict | None =
     run.stage = "a metric"
     mctx = metric_context(run.scenario, run.ids, evaluator_target(run.catalog, run.plugins, cell.target))
     mctx.extras["peak_gpu_mib"] = run.peak_gpu_mib
+    if run.records is not None:
+        mctx.extras.update(run.records.evaluator)
     metrics: dict[str, Any] = {}
     have = mctx.available()
     names = list(cell.metrics)
@@ -196,6 +207,16 @@ def evaluate(run: CellRun, result: AttackResult, *, natural_cache: dict | None =
     return metrics
 
 
+def budget_facts(run: CellRun) -> dict[str, Any]:
+    """The query budget of a cell's target, what it used, and whether the attack ran it out (then it ended with
+    what it had: a budget is a stopping rule, and the record says so)."""
+    budget = run.target.budget if run.target is not None else None
+    if budget is None:
+        return {}
+    exhausted = any(getattr(t, "exhausted", False) for t in (run.target, run.attacked) if t is not None)
+    return {"budget": {"limit": budget, "used": run.attacked.queries, "exhausted": exhausted}}
+
+
 def persist(run: CellRun, result: AttackResult, metrics: dict[str, Any]) -> CellOutcome:
     """The cell's record, written into the cache with its images (a re-run reads it from there)."""
     cell = run.cell
@@ -212,6 +233,7 @@ def persist(run: CellRun, result: AttackResult, metrics: dict[str, Any]) -> Cell
         "defense_report": run.defense.report(),
         "samples": len(result),
         **({"metrics_not_applicable": dict(run.not_applicable)} if run.not_applicable else {}),
+        **budget_facts(run),
         "seed": cell.seed,
         "invertkit": invertkit.__version__,
     }

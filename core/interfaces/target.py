@@ -25,7 +25,8 @@ C = Capability
 class TargetModel(ABC):
     """A classifier (or embedding model) as an attacker sees it.
 
-    ``input_shape`` is ``(C, H, W)``; inputs are float images in ``[0, 1]``.
+    ``input_shape`` is the shape of one input row: ``(C, H, W)`` for images (float in ``[0, 1]``), ``(D,)`` for a
+    feature vector (a tabular record), any rank in general; inputs are batches ``(N, *input_shape)``.
     ``budget`` is the number of input rows the attacker may submit (``None``: unlimited).
     """
 
@@ -33,7 +34,7 @@ class TargetModel(ABC):
         self,
         *,
         num_classes: int,
-        input_shape: tuple[int, int, int],
+        input_shape: tuple[int, ...],
         capabilities: Capabilities,
         budget: int | None = None,
         name: str = "target",
@@ -46,6 +47,8 @@ class TargetModel(ABC):
         self._capabilities = frozenset(capabilities)
         self.budget = budget
         self.queries = 0
+        #: a query was refused past the budget (the bench's record says so)
+        self.exhausted = False
         self.name = name
 
     # ----------------------------------------------------------------- policy
@@ -68,7 +71,7 @@ class TargetModel(ABC):
             )
 
     def _check_input(self, x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
+        if not isinstance(x, Tensor) or x.dim() != 1 + len(self.input_shape) or tuple(x.shape[1:]) != self.input_shape:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ShapeError(
                 f"target '{self.name}' expects inputs of shape (N, {', '.join(map(str, self.input_shape))}), got {got}"
@@ -78,6 +81,7 @@ class TargetModel(ABC):
     def charge(self, n: int) -> None:
         """Count ``n`` queries, refusing (before anything is answered) past the budget."""
         if self.budget is not None and self.queries + n > self.budget:
+            self.exhausted = True
             raise QueryBudgetExceeded(
                 f"query budget of target '{self.name}' exceeded: {self.queries} used, "
                 f"{n} more asked, budget {self.budget}"
@@ -144,6 +148,7 @@ class TargetModel(ABC):
         holds the target itself, only its :class:`~invertkit.core.interfaces.access.TargetView`, which has
         no such method."""
         self.queries = 0
+        self.exhausted = False
 
     def charge_derived(self, n: int) -> None:
         """Charge ``n`` queries that a re-used artifact derived from this target (a cached student, a prior
@@ -203,7 +208,7 @@ class TorchTarget(TargetModel):
         module: nn.Module,
         *,
         num_classes: int,
-        input_shape: tuple[int, int, int],
+        input_shape: tuple[int, ...],
         capabilities: Capabilities | None = None,
         budget: int | None = None,
         name: str = "target",

@@ -147,6 +147,7 @@ class MonitoredTarget(WrappedTarget):
 
     def _refuse(self) -> None:
         s = self.state
+        self.exhausted = True  # the bench's record says the attack was cut off here
         raise QueryBudgetExceeded(
             f"target '{self.name}': query-monitor flagged this stream as inversion-like ({s.flagged_by} detector, "
             f"after {s.flagged_at} queries); further queries are refused"
