@@ -373,3 +373,22 @@ def test_cache_and_report_files_honour_the_umask(umask: int, mode: int, tmp_path
     assert len(files) == 6
     for f in files:
         assert f.stat().st_mode & 0o777 == mode, (f.name, oct(f.stat().st_mode & 0o777))
+
+
+def test_the_same_target_name_with_another_budget_is_another_cell(tiny_catalog, plugins) -> None:  # noqa: ANN001
+    """The cell cache key covers the target's entry: a budget sweep over one target computes every budget."""
+    from invertkit.core.bench.plan import Cell
+    from invertkit.core.bench.runner import run_cell
+
+    spec = tiny_catalog.target("tiny-cnn-budget")
+    cell = Cell(attack="nes", defense="none", target="tiny-cnn-budget", attack_options={"iterations": 3, "pairs": 2},
+                metrics=("attack-acc",), samples_per_identity=1, identities=(0, 1))
+    records = []
+    for budget in (10, 1000):
+        cat = tiny_catalog.model_copy(update={"targets": {**tiny_catalog.targets,
+                                                          "tiny-cnn-budget": spec.model_copy(update={"budget": budget})}})
+        records.append(run_cell(cell, cat, plugins).record)
+    low, high = records
+    assert low["key"] != high["key"] and not high["cached"]
+    assert low["budget"]["exhausted"] and low["metrics"]["queries"] <= 10
+    assert not high["budget"]["exhausted"] and high["metrics"]["queries"] == 3 * 2 * 2 * 2

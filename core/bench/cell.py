@@ -56,8 +56,11 @@ def cells_dir() -> Path:
     return d
 
 
-def cell_key(cell: Cell, scenario: Scenario) -> str:
-    return cell.key({"invertkit": invertkit.__version__, "scenario": scenario.keys})
+def cell_key(cell: Cell, scenario: Scenario, target_spec: Any = None) -> str:
+    """The cell's cache key: the cell, the scenario's models, and the target's entry (its access, budget,
+    backend: the same name with another budget is another cell)."""
+    spec = target_spec.model_dump(mode="json", exclude={"summary"}) if target_spec is not None else None
+    return cell.key({"invertkit": invertkit.__version__, "scenario": scenario.keys, "target": spec})
 
 
 def read_cached_cell(key: str) -> CellOutcome | None:
@@ -134,7 +137,7 @@ def prepare(run: CellRun, *, use_cache: bool = True) -> CellOutcome | None:
     run.stage = "the target"
     target, run.scenario = load_target(run.catalog, plugins, cell.target)
     run.target = target
-    run.key = cell_key(cell, run.scenario)
+    run.key = cell_key(cell, run.scenario, run.catalog.target(cell.target))
     if use_cache:
         cached = read_cached_cell(run.key)
         if cached is not None:

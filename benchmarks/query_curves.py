@@ -1,0 +1,114 @@
+"""Attack accuracy against queries: each black-box and label-only attack at query budgets from 10^2 to 10^6 per
+identity, on one target, through the bench engine (cached cells, the attacker's view, budgets enforced by the
+access wrapper: an attack that runs its budget out ends with what it has, and the record says so).
+
+Prints a Markdown table (budget per identity, queries used per identity, exhausted, acc@1, judge_acc) and draws
+``acc@1`` against the queries used per identity (log scale), one line per attack, with the random-prior
+baseline, to ``--png``.
+
+    python benchmarks/query_curves.py --target digits-cnn-bb --png benchmarks/query_curves_digits.png
+    python benchmarks/query_curves.py --registry tests/data/registry-tiny.toml --target tiny-cnn-onnx \\
+        --attacks nes,yang-inversion --budgets 1e2,1e3,1e4 -o nes.iterations=30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_ATTACKS = "nes,mirror-b,c2fmi,rlb-mi,yang-inversion,zhu-label-only,brep-mi,lokt"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--registry", default=None)
+    ap.add_argument("--target", required=True, help="a black-box (or label-only) target of the registry")
+    ap.add_argument("--attacks", default=DEFAULT_ATTACKS, help="comma-separated; those not installed are left out")
+    ap.add_argument("--budgets", default="1e2,1e3,1e4,1e5,1e6", help="queries per identity")
+    ap.add_argument("--identities", default="0..4")
+    ap.add_argument("--samples", type=int, default=2, help="reconstructions per identity")
+    ap.add_argument("-o", dest="options", action="append", default=[], metavar="ATTACK.KEY=VALUE")
+    ap.add_argument("--png", default=None)
+    ap.add_argument("--jsonl", default=None, help="write every record here")
+    args = ap.parse_args(argv)
+
+    from invertkit.core.bench.plan import Cell, skip_reason, target_capabilities
+    from invertkit.core.bench.runner import run_cell
+    from invertkit.core.catalog import class_list, load_catalog
+    from invertkit.core.interfaces.config import parse_overrides
+    from invertkit.core.plugins import get_plugins
+
+    catalog, plugins = load_catalog(args.registry), get_plugins()
+    spec = catalog.target(args.target)
+    ids = class_list(args.identities)
+    budgets = [int(float(b)) for b in args.budgets.split(",")]
+    options: dict[str, dict] = {}
+    for key, value in parse_overrides(tuple(args.options)).items():
+        attack, _, field = key.partition(".")
+        options.setdefault(attack, {})[field] = value
+    known = set(plugins.registry["attack"])
+    attacks = [a for a in args.attacks.split(",") if a in known]
+    left = sorted(set(args.attacks.split(",")) - known)
+    if left:
+        print(f"note: not installed, left out: {', '.join(left)}", file=sys.stderr)
+    metrics = ("attack-acc", "judge") if (not spec.standalone and catalog.preset(spec.preset).judges) else ("attack-acc",)
+    rows, records = [], []
+    caps = target_capabilities(catalog, plugins, args.target)
+    none = plugins.get("defense", "none")()
+    for attack in ["random-prior", *attacks]:
+        reason = skip_reason(catalog, plugins, plugins.get("attack", attack), none, args.target, caps)
+        if reason:
+            print(f"note: {attack} skipped: {reason}", file=sys.stderr)
+            continue
+        for per_id in (budgets if attack != "random-prior" else [budgets[0]]):
+            total = per_id * len(ids)
+            t = spec.model_copy(update={"budget": total})
+            cat = catalog.model_copy(update={"targets": {**catalog.targets, args.target: t}})
+            cell = Cell(attack=attack, defense="none", target=args.target, attack_options=options.get(attack, {}),
+                        metrics=metrics, samples_per_identity=args.samples, identities=tuple(ids))
+            rec = run_cell(cell, cat, plugins).record
+            records.append({**rec, "budget_per_identity": per_id})
+            m = rec.get("metrics", {})
+            used = m.get("queries", float("nan")) / len(ids)
+            rows.append((attack, per_id, used, rec.get("budget", {}).get("exhausted", False), m.get("acc@1"),
+                         m.get("judge_acc"), rec["status"], rec.get("reason", "")))
+            print(f"{attack} @ {per_id:g}/identity: {rec['status']} acc@1={m.get('acc@1')} queries/id={used:.0f}",
+                  file=sys.stderr)
+    print("| attack | budget / identity | queries used / identity | exhausted | acc@1 | judge_acc |")
+    print("|---|---:|---:|---|---:|---:|")
+    for a, b, used, ex, acc, judge, status, reason in rows:
+        if status != "ok":
+            print(f"| {a} | {b:g} | – | – | {status}: {reason[:60]} | |")
+            continue
+        fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+        print(f"| {a} | {b:g} | {used:.0f} | {'yes' if ex else 'no'} | {fmt(acc)} | {fmt(judge)} |")
+    if args.jsonl:
+        Path(args.jsonl).write_text("".join(json.dumps(r, default=str) + "\n" for r in records))
+    if args.png:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        base = [r for r in rows if r[0] == "random-prior" and r[6] == "ok"]
+        if base:
+            ax.axhline(base[0][4], color="grey", ls="--", label="random-prior")
+        for a in attacks:
+            pts = sorted((r[2], r[4]) for r in rows if r[0] == a and r[6] == "ok" and r[4] is not None)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=a)
+        ax.set_xscale("log")
+        ax.set_xlabel("queries used per identity")
+        ax.set_ylabel("acc@1 (evaluation model)")
+        ax.set_title(f"accuracy against queries: {args.target}")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(args.png, dpi=120)
+        print(f"wrote {args.png}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
