@@ -39,10 +39,11 @@ attacker's view, about the decoded latents; every query is counted and a budget 
 ``QueryBudgetExceeded`` out of the search.
 
 Queries: ``max_episodes * (2 * max_step + 1)`` per identity in general, ``max_episodes * (max_step + 1)`` when
-``alpha = 0`` (the default: 80,000 per identity). CPU cost: one SAC gradient step (batch 256, 256-unit MLPs) and
-one or two target queries per step; measured about 3-5 ms an episode on one core for the small digits/MNIST
-priors, i.e. some 2-4 minutes an identity at the default 40,000 episodes (a GAN prior and target of face size
-cost far more per query).
+``alpha = 0`` (the default: 80,000 per identity). CPU cost: one SAC gradient step (batch 256, 256-unit MLPs)
+and one or two target queries per step. Measured on mnist-gmi (``bench --matrix mnist``, the ONNX target) on a
+shared 2-core machine under load: 60-100 ms an episode, so the default 40,000 episodes cost about an hour per
+identity on a CPU; ``-o rlb-mi.max_episodes=5000`` runs the five MNIST identities in about half an hour (a GAN
+prior and a target of face size cost far more per query).
 
 Deliberate differences from the official code:
 
