@@ -429,9 +429,10 @@ def _print_matrix(records: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from invertkit.core.bench.report import cell_text, fmt, matrix
+    from invertkit.core.bench.report import cell_text, fmt, headlines, matrix
 
     attacks, defenses, cell = matrix(records)
+    key, label = headlines(records)[0]  # acc@1, or (records: attribute inference) the attribute accuracy
     judged = any("judge_acc" in r.get("metrics", {}) for r in records)
     adaptive = any(r.get("mode") == "adaptive" for r in records)
     # names, reasons and titles are the user's (a target may be called '[/oops]'): printed as they are, never
@@ -439,13 +440,15 @@ def _print_matrix(records: list[dict[str, Any]]) -> None:
     console = Console(stderr=False, width=160, markup=False)
 
     def text(r: dict[str, Any] | None) -> str:
-        main = cell_text(r, "acc@1")
+        main = cell_text(r, key)
         if judged and r is not None and r["status"] == "ok" and "judge_acc" in r["metrics"]:
             main += f" ({fmt(r['metrics']['judge_acc'])})"
         return main
 
     for t in dict.fromkeys(r["target"] for r in records):
-        title = (f"attack acc@1 on '{t}' (evaluation model{'; the judge in brackets' if judged else ''})"
+        what = (f"attack acc@1 on '{t}' (evaluation model{'; the judge in brackets' if judged else ''})"
+                if key == "acc@1" else f"{label} on '{t}'")
+        title = (what +
                  f"{'  |  ADAPTIVE attackers' if adaptive else ''}  |  last row: defended natural accuracy")
         table = Table(title=title)
         table.add_column("attack \\ defense")

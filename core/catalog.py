@@ -107,7 +107,9 @@ class Preset(Strict):
     #: target and the evaluation model, never the target; they need the ``features(x)``/``head(f)`` split.
     #: Empty: the preset has no judges and the ``judge`` metric is a usage error.
     judges: list[ModelRecipe] = Field(default_factory=list)
-    prior: PriorRecipe
+    #: the generative prior image attacks search in; ``None``: the preset has none (a tabular preset: attribute
+    #: inference needs no prior), and the plan skips the attacks that need one, with that reason
+    prior: PriorRecipe | None = None
 
     _classes = field_validator("private_classes", "public_classes", mode="before")(classmethod(lambda cls, v: class_list(v)))
 
@@ -300,7 +302,8 @@ def check_catalog(catalog: Catalog, plugins: Any, where: str) -> None:
                 plugins.get("dataset", preset.public.dataset)().options(preset.public.options)
             for recipe in (preset.target, preset.eval, *preset.judges):
                 plugins.registry["architecture"][recipe.arch]
-            plugins.get("prior", preset.prior.plugin)(preset.prior.options)  # validates the options
+            if preset.prior is not None:
+                plugins.get("prior", preset.prior.plugin)(preset.prior.options)  # validates the options
         for t in catalog.targets.values():
             for m in (t, t.eval):
                 if m is None:

@@ -266,7 +266,7 @@ def write_html(path: Path, outcomes: list[CellOutcome], title: str, references: 
         for a in attacks:
             cards = [_cell_card(o, private) for o in outcomes
                      if o.record["target"] == t and o.record["attack"] == a and o.images is not None
-                     and o.labels is not None and len(o.images)]
+                     and o.labels is not None and len(o.images) and o.images.dim() == 4]  # records: no pictures
             if cards:
                 h.append(f"<h4 class='group'>{e(a)}</h4><div class='row'>" + "".join(cards) + "</div>")
     h.append("<h2 id='plan'>plan</h2><p class='note'>Every cell, in plan order, with the reason for each skip or "

@@ -19,7 +19,9 @@ COLUMNS = (*RECORD_KEYS, *METRIC_KEYS)
 HEADLINES = (("acc@1", "attack acc@1 (evaluation model)"),
              ("judge_acc", "judge's acc@1 (ensemble of other evaluation models)"),
              ("adversarial_rate", "adversarial rate (accepted by the evaluation model, rejected by the judge)"),
-             ("nn_pixel_acc", "nearest private training image (pixel space) is the attacked identity"))
+             ("nn_pixel_acc", "nearest private training image (pixel space) is the attacked identity"),
+             ("attr_acc", "sensitive-attribute accuracy (attribute inference on records)"),
+             ("attr_f1", "sensitive-attribute macro F1 (attribute inference on records)"))
 
 
 def fmt(v: Any, key: str = "") -> str:

@@ -5,6 +5,7 @@ per target, defense, options and seed, and shared through the cache), and the ev
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,37 @@ def metric_context(scenario: Scenario, attacked: torch.Tensor | None = None,
         num_classes=scenario.num_classes,
         judges=[j.eval() for j in scenario.judges],
         attacked=None if attacked is None else torch.unique(torch.as_tensor(attacked)),
+    )
+
+
+@dataclass
+class AttackedRecords:
+    """A records (tabular) cell's attacked records: the private training records whose label is an attacked
+    class, in order. ``attacker`` is what an attribute-inference attacker knows of them, handed to the attack as
+    ``AttackContext.extras``: ``schema`` (the columns; public), ``records`` (each record with its sensitive
+    attribute's columns zeroed) and ``record_labels`` (their labels). ``evaluator`` is the metrics' side
+    (``MetricContext.extras``): ``schema``, ``record_index`` (the records' rows in the private training split,
+    the truth) and ``public_records`` (the public split, for the prior-only baseline)."""
+
+    labels: torch.Tensor
+    attacker: dict[str, Any]
+    evaluator: dict[str, Any]
+
+
+def attacked_records(scenario: Scenario, ids: torch.Tensor) -> AttackedRecords | None:
+    """The attacked records of a cell on a records scenario (one whose split has a schema); ``None`` for images.
+    The attacker's threat model (Fredrikson et al. 2014, Mehnaz et al. 2022): it knows every attribute of each
+    record but the sensitive one, and the record's label; never the sensitive columns."""
+    schema = getattr(scenario.split, "schema", None)
+    if schema is None:
+        return None
+    x, y = scenario.split.private_train
+    index = torch.nonzero(torch.isin(y, torch.as_tensor(ids, dtype=y.dtype))).flatten()
+    known = schema.mask(x[index])
+    return AttackedRecords(
+        labels=y[index].clone(),
+        attacker={"schema": schema, "records": known, "record_labels": y[index].clone()},
+        evaluator={"schema": schema, "record_index": index, "public_records": scenario.split.public[0]},
     )
 
 

@@ -73,6 +73,12 @@ class DatasetAdapter(ABC):
     @abstractmethod
     def load(self, root: str | None = None) -> tuple[Tensor, Tensor]: ...
 
+    def schema(self, **options: Any) -> Any:
+        """For records (tabular data, ``load`` giving ``(N, D)`` feature vectors): their
+        :class:`~invertkit.core.data.records.RecordSchema` (the columns, and which of them encode the sensitive
+        attribute an attribute-inference attacker does not know). ``None`` (the default): images."""
+        return None
+
     def options(self, values: dict[str, Any] | None = None) -> Any:
         """``values`` validated into this adapter's ``Config``."""
         return build_config(type(self).Config, values, what=f"dataset '{self.name}'")
@@ -134,13 +140,17 @@ class Split:
     public: tuple[Tensor, Tensor]
     private_classes: tuple[int, ...]
     public_classes: tuple[int, ...]
+    #: records (tabular data): the :class:`~invertkit.core.data.records.RecordSchema` the adapter gives; ``None``
+    #: for images
+    schema: Any = None
 
     @property
     def num_classes(self) -> int:
         return len(self.private_classes)
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
+    def image_shape(self) -> tuple[int, ...]:
+        """The shape of one input: ``(C, H, W)`` for images, ``(D,)`` for records."""
         return tuple(self.private_train[0].shape[1:])  # type: ignore[return-value]
 
 

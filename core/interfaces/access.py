@@ -69,7 +69,7 @@ class TargetView:
 
     # ------------------------------------------------------------------------------------------- facts
     num_classes: int = property(lambda self: self._ask("num_classes"))  # type: ignore[assignment]
-    input_shape: tuple[int, int, int] = property(lambda self: self._ask("input_shape"))  # type: ignore[assignment]
+    input_shape: tuple[int, ...] = property(lambda self: self._ask("input_shape"))  # type: ignore[assignment]
     capabilities: Capabilities = property(lambda self: self._ask("capabilities"))  # type: ignore[assignment]
     name: str = property(lambda self: self._ask("name"))  # type: ignore[assignment]
     max_topk: int | None = property(lambda self: self._ask("max_topk"))  # type: ignore[assignment]

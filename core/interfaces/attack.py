@@ -29,7 +29,10 @@ class AttackContext:
       surrogates, fitted priors), namespaced by the (target, defense) of the cell; the queries an artifact cost
       when it was trained are charged again whenever it is re-used, so a cell pays for what it uses. ``None``
       outside the bench: derive afresh;
-    * ``extras``: free, caller-supplied values (e.g. ``augmented_models`` to skip MA's distillation).
+    * ``extras``: free, caller-supplied values (e.g. ``augmented_models`` to skip MA's distillation). On a records
+      (tabular) target the bench puts there what an attribute-inference attacker knows of the attacked records
+      (:func:`~invertkit.core.bench.targets.attacked_records`): ``schema``, ``records`` (sensitive columns
+      zeroed) and ``record_labels``; the attack's ``labels`` are those records' labels, one result row each.
 
     No scenario, no private split, no evaluation model, no raw network: whatever an attack takes from the target
     goes through the :class:`~invertkit.core.interfaces.access.TargetView` it is handed, and is counted.

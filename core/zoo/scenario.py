@@ -111,7 +111,9 @@ def load_split(plugins: Plugins, preset: Preset) -> Split:
         from invertkit.core.zoo.standalone import load_images
 
         split = replace(split, public=load_images(plugins, preset.public, split.image_shape, "the preset's public data"))
-    return split
+    # records (tabular data): their columns and sensitive attribute; images have none
+    schema = adapter.schema(**preset.dataset_options) if callable(getattr(adapter, "schema", None)) else None
+    return replace(split, schema=schema) if schema is not None else split
 
 
 def build_scenario(name: str, catalog: Catalog, plugins: Plugins) -> Scenario:
@@ -128,7 +130,9 @@ def build_scenario(name: str, catalog: Catalog, plugins: Plugins) -> Scenario:
     from invertkit.core.zoo.judges import trained_judges
 
     judges, j_facts, j_keys = trained_judges(plugins, preset, split, data_key, name)
-    if prior_needs_target(plugins, preset):
+    if preset.prior is None:  # a preset without a prior (tabular records): attacks that need one are skipped
+        prior, p_facts, p_key = None, {}, ""
+    elif prior_needs_target(plugins, preset):
         prior, p_facts, p_key = None, {"fitted": "per (target, defense), through the attacker's view"}, "per-cell"
     else:
         prior, p_facts, p_key = trained_prior(plugins, preset, split, name)
