@@ -71,7 +71,7 @@ def registry(d: Path) -> Path:
         samples_per_identity = 2
 
         [bench.mine.attack_options.nes]
-        iterations = 50
+        iterations = 20
     """)
     (d / "registry.toml").write_text(text)
     return d / "registry.toml"

@@ -29,6 +29,8 @@ NO_PAPER = {
     ("architecture", "small-cnn"),
     ("architecture", "small-mlp"),
     ("dataset", "image-folder"),
+    ("dataset", "class-folder"),
+    ("metric", "target-acc"),
 }
 
 
