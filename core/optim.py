@@ -155,18 +155,30 @@ def nes_gradient(
     sigma: float,
     pairs: int,
     generator: torch.Generator,
+    antithetic: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """Natural-evolution-strategies gradient estimate with antithetic Gaussian samples (Ilyas et al. 2018,
-    https://arxiv.org/abs/1804.08598): ``g = 1/(2 sigma P) sum_j [f(p + sigma u_j) - f(p - sigma u_j)] u_j``.
+    """Natural-evolution-strategies gradient estimate (Ilyas et al. 2018, https://arxiv.org/abs/1804.08598).
 
-    ``f`` maps a batch of parameter rows to a per-row value; it is called once on all ``2 P`` perturbations
-    of all rows (one batch, so the target sees ``2 P`` queries per row). Returns ``(mean value, gradient)``.
+    Antithetic (the default): ``g = 1/(2 sigma P) sum_j [f(p + sigma u_j) - f(p - sigma u_j)] u_j``. Otherwise
+    ``2 P`` independent directions with the mean value as baseline (Wierstra et al.'s variance reduction):
+    ``g = 1/(2 sigma P) sum_j [f(p + sigma u_j) - mean f] u_j``. Either way ``f`` (a batch of parameter rows to
+    a per-row value) is called once on all ``2 P`` probes of all rows, so the target sees ``2 P`` queries per
+    row. Returns ``(mean value, gradient)``.
     """
     n = params.shape[0]
-    u = torch.randn((n, pairs, *params.shape[1:]), generator=generator).to(params.device, params.dtype)
-    probes = torch.cat([params.unsqueeze(1) + sigma * u, params.unsqueeze(1) - sigma * u], dim=1)
-    values = f(probes.reshape(n * 2 * pairs, *params.shape[1:])).reshape(n, 2 * pairs)
-    diff = (values[:, :pairs] - values[:, pairs:]).reshape(n, pairs, *([1] * (params.dim() - 1)))
+    shape = params.shape[1:]
+    if antithetic:
+        u = torch.randn((n, pairs, *shape), generator=generator).to(params.device, params.dtype)
+        probes = torch.cat([params.unsqueeze(1) + sigma * u, params.unsqueeze(1) - sigma * u], dim=1)
+    else:
+        u = torch.randn((n, 2 * pairs, *shape), generator=generator).to(params.device, params.dtype)
+        probes = params.unsqueeze(1) + sigma * u
+    values = f(probes.reshape(n * 2 * pairs, *shape)).reshape(n, 2 * pairs)
+    if antithetic:
+        diff = values[:, :pairs] - values[:, pairs:]
+    else:
+        diff = values - values.mean(1, keepdim=True)
+    diff = diff.reshape(n, -1, *([1] * (params.dim() - 1)))
     grad = (diff * u).sum(1) / (2 * sigma * pairs)
     return values.mean(1), grad
 

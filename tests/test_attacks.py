@@ -245,3 +245,29 @@ def test_gmi_batching_does_not_change_results(scenario) -> None:  # noqa: ANN001
     # the run did move the latents (so the comparison above is not between two copies of the start)
     start = RandomPrior()(white_box(scenario), labels, prior=scenario.prior, seed=5)
     assert (whole.latents - start.latents.clamp(-1, 1)).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("options", [{"antithetic": False}, {"optimizer": "sgd", "lr": 0.5},
+                                     {"optimizer": "nevergrad:TwoPointsDE"}, {"optimizer": "nevergrad:CMA"}])
+def test_nes_variants_query_the_same_and_beat_their_start(scenario, options) -> None:  # noqa: ANN001
+    """Antithetic or not, a step on the estimate or a nevergrad optimiser behind it: 2 * pairs queries per
+    latent per iteration, through the black-box view, and the identity loss falls from the start."""
+    iterations, pairs, labels = 6, 4, identities(2)
+    target = black_box(scenario)
+    result = NES({"iterations": iterations, "pairs": pairs, **options})(target, labels, prior=scenario.prior, seed=0)
+    assert target.queries == iterations * 2 * pairs * len(labels)
+    with torch.no_grad():
+        start = scenario.prior.decode(scenario.prior.sample_latent(len(labels), torch.Generator().manual_seed(0)))
+        before = torch.nn.functional.nll_loss(torch.log_softmax(scenario.target_net(start), 1), labels, reduction="sum")
+        after = torch.nn.functional.nll_loss(torch.log_softmax(scenario.target_net(result.images), 1), labels,
+                                             reduction="sum")
+    assert float(after) < float(before)
+
+
+def test_nes_names_an_unknown_optimizer() -> None:
+    from invertkit.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="did you mean 'CMA'"):
+        NES({"optimizer": "nevergrad:CMAA"})
+    with pytest.raises(ConfigError, match="adam"):
+        NES({"optimizer": "lbfgs"})
