@@ -60,7 +60,7 @@ def cell_key(cell: Cell, scenario: Scenario, target_spec: Any = None) -> str:
     """The cell's cache key: the cell, the scenario's models, and the target's entry (its access, budget,
     backend: the same name with another budget is another cell)."""
     spec = target_spec.model_dump(mode="json", exclude={"summary"}) if target_spec is not None else None
-    return cell.key({"invertkit": invertkit.__version__, "scenario": scenario.keys, "target": spec})
+    return cell.key({"invertkit": invertkit.__version__, "scenario": scenario.keys, "target_entry": spec})
 
 
 def read_cached_cell(key: str) -> CellOutcome | None:
