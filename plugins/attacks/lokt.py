@@ -88,7 +88,6 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
-from torch.nn.utils.parametrizations import spectral_norm
 
 from invertkit.core import losses, progress
 from invertkit.core.augment import plg_augment
@@ -116,10 +115,7 @@ class TACDiscriminator(nn.Module):
 
     def __init__(self, image_shape: tuple[int, int, int], width: int, num_classes: int) -> None:
         super().__init__()
-        body, flat = conv_trunk(image_shape, width)
-        for m in body:
-            if isinstance(m, nn.Conv2d):
-                spectral_norm(m)
+        body, flat = conv_trunk(image_shape, width, spectral=True)
         self.body = body
         self.l6 = nn.Linear(flat, 1)
         self.l_y = nn.Linear(flat, num_classes)

@@ -137,10 +137,7 @@ class ProjectionDiscriminator(nn.Module):
 
     def __init__(self, image_shape: tuple[int, int, int], width: int, num_classes: int) -> None:
         super().__init__()
-        body, flat = conv_trunk(image_shape, width)
-        for m in body:
-            if isinstance(m, nn.Conv2d):
-                spectral_norm(m)
+        body, flat = conv_trunk(image_shape, width, spectral=True)
         self.body = body
         self.linear = spectral_norm(nn.Linear(flat, 1))
         self.embed = spectral_norm(nn.Embedding(num_classes, flat))

@@ -103,11 +103,13 @@ class Generator(nn.Module):
 
 
 def conv_trunk(image_shape: tuple[int, int, int], width: int,
-               norm: Callable[[int], nn.Module] | None = None, stages: int | None = None) -> tuple[nn.Sequential, int]:
+               norm: Callable[[int], nn.Module] | None = None, stages: int | None = None,
+               spectral: bool = False) -> tuple[nn.Sequential, int]:
     """The critic's body: strided 4x4 convs (``width`` channels, doubling per stage) + LeakyReLU(0.2), each
     halving the resolution, then ``Flatten``; ``norm(channels)``, when given, follows every conv (KEDMI's
     discriminator uses InstanceNorm). ``stages`` (default: down to a 2x2 map) sets the number of convs.
-    Returns the body and its flat feature size."""
+    ``spectral``: every conv spectrally normalised (the PLG-MI and LOKT discriminators). Returns the body and its
+    flat feature size."""
     c, h, w = image_shape
     n = _stages(max(h, w)) if stages is None else int(stages)
     layers: list[nn.Module] = []
@@ -121,6 +123,12 @@ def conv_trunk(image_shape: tuple[int, int, int], width: int,
     body = nn.Sequential(*layers, nn.Flatten())
     with torch.no_grad():
         flat = body.eval()(torch.zeros(1, c, h, w)).shape[1]
+    if spectral:
+        from torch.nn.utils.parametrizations import spectral_norm
+
+        for m in body:
+            if isinstance(m, nn.Conv2d):
+                spectral_norm(m)
     return body.train(), flat
 
 
