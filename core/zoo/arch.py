@@ -12,12 +12,12 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from invertkit.core.errors import ConfigError
+from invertkit.core.errors import CapabilityError, ConfigError
 
 #: the prefix of a timm model name (``timm:resnet18``)
 TIMM_PREFIX = "timm:"
 
-__all__ = ["TIMM_PREFIX", "BodyHead", "build_architecture", "is_timm"]
+__all__ = ["TIMM_PREFIX", "BodyHead", "build_architecture", "is_timm", "last_layer"]
 
 
 def is_timm(arch: str) -> bool:
@@ -60,3 +60,28 @@ class BodyHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
+
+
+def last_layer(module: nn.Module, num_classes: int) -> tuple[Tensor, Tensor | None]:
+    """The layer of a classifier that maps its penultimate features (``features(x)``) to the ``num_classes``
+    logits: its weight ``(num_classes, feature_dim)``, one row per class, and its bias (``None`` without one),
+    detached copies. White-box knowledge: an attack reads it from ``target.module`` (the ``weights``
+    capability). The head of :func:`~invertkit.core.interfaces.target.split_classifier` when it is a layer
+    with such a weight (``nn.Linear``, timm's classifier, a cosine/margin head whose rows are the class
+    centres); else (a ``head`` method, e.g. dropout then a linear layer) the last registered sub-module whose
+    weight has ``num_classes`` rows. :class:`CapabilityError` when there is none."""
+    from invertkit.core.interfaces.target import split_classifier
+
+    def rows(m: object) -> Tensor | None:
+        w = getattr(m, "weight", None)
+        return w if isinstance(w, Tensor) and w.dim() == 2 and w.shape[0] == num_classes else None
+
+    split = split_classifier(module)
+    layer = split[1] if split is not None and rows(split[1]) is not None else None
+    if layer is None:
+        layer = next((m for m in reversed(list(module.modules())) if rows(m) is not None), None)
+    if split is None or layer is None:
+        raise CapabilityError(f"{type(module).__name__} has no features()/head() split with a last layer of "
+                              f"{num_classes} rows")
+    bias = getattr(layer, "bias", None)
+    return rows(layer).detach().clone(), bias.detach().clone() if isinstance(bias, Tensor) else None
