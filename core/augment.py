@@ -110,13 +110,15 @@ def _jitter(x: Tensor, brightness: Tensor, contrast: Tensor, brightness_first: b
 
 def plg_augment(x: Tensor, generator: torch.Generator, *, scale: tuple[float, float] = (0.8, 1.0),
                 ratio: tuple[float, float] = (1.0, 1.0), brightness: float = 0.2, contrast: float = 0.2,
-                flip: float = 0.5, degrees: float = 5.0, rotate_p: float = 0.5) -> Tensor:
+                flip: float = 0.5, degrees: float = 5.0, rotate_p: float = 0.5, jitter_p: float = 1.0) -> Tensor:
     """PLG-MI's augmentation (official ``reconstruct.py``), differentiable in ``x``, parameters per image: a
     random resized crop (area fraction in ``scale``, aspect ``ratio``), colour jitter (brightness factor and
     contrast factor uniform in ``[1 - b, 1 + b]``, applied in a random order per call as kornia's
     ``ColorJitter`` does; contrast blends with the image's grey mean), a horizontal flip (probability ``flip``)
-    and, with probability ``rotate_p``, a rotation by up to ``degrees`` (bilinear, zero padding). With
-    everything off (``scale=(1, 1)``, 0 jitter, no flip, no rotation) it returns ``x``."""
+    and, with probability ``rotate_p``, a rotation by up to ``degrees`` (bilinear, zero padding). The jitter
+    applies to each image with probability ``jitter_p`` (kornia's ``ColorJitter(p=...)``; PLG-MI: 1, Diff-MI's
+    fine-tuning: 0.5; below 1 it draws one more number per image, after the others). With everything off
+    (``scale=(1, 1)``, 0 jitter, no flip, no rotation) it returns ``x``."""
     from kornia.geometry.transform import hflip, rotate
 
     n, _, hh, ww = x.shape
@@ -127,6 +129,9 @@ def plg_augment(x: Tensor, generator: torch.Generator, *, scale: tuple[float, fl
     mirror = (torch.rand(n, generator=generator) < flip).to(x.device)
     turn = torch.rand(n, generator=generator) < rotate_p
     angle = torch.where(turn, _uniform(n, -degrees, degrees, generator), torch.zeros(n, dtype=torch.float64))
+    if jitter_p < 1.0:  # the images left un-jittered get factors of 1
+        keep = (torch.rand(n, generator=generator) < jitter_p).to(x.device)
+        b, c = torch.where(keep, b, torch.ones_like(b)), torch.where(keep, c, torch.ones_like(c))
     out = _crop(x, boxes, torch.zeros(n, dtype=torch.bool))
     if brightness > 0 or contrast > 0:
         out = _jitter(out, b, c, brightness_first)
