@@ -155,3 +155,21 @@ def test_brep_mi_beats_the_random_prior_through_labels_only(digits) -> None:  # 
         assert result.queries == target.queries > 0
         accs.append(attack_acc(digits, result))
     assert sum(accs) / 2 >= baseline + 0.25, (accs, baseline)
+
+
+def test_a_budget_ends_the_run_with_what_it_has() -> None:
+    # the same search as above without a budget takes more queries than 60; with a budget of 60 the target
+    # refuses the query that would pass it, and the attack returns the points of its last complete step
+    labels = torch.tensor([1, 0, 1])
+    cfg = {"sphere_points": 6, "max_iters_at_radius": 5, "init_batch": 4, "max_steps": 12}
+    free = BREPMI(cfg)(half_space_target(), labels, prior=LinearPrior(), seed=1)
+    assert free.queries > 60 and free.extras["exhausted"] is False
+    target = half_space_target(budget=60)
+    result = BREPMI(cfg)(target, labels, prior=LinearPrior(), seed=1)
+    ex = result.extras
+    assert ex["exhausted"] is True and target.exhausted
+    assert target.queries <= 60 and result.queries == target.queries
+    assert result.images.shape == free.images.shape and bool(torch.isfinite(result.images).all())
+    # no step is counted that was not paid for: every complete step cost 6 + 1 labels per latent
+    assert ex["search_queries"] >= sum(ex["steps"]) * 7
+    assert sum(ex["steps"]) < sum(free.extras["steps"])

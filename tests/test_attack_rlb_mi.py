@@ -161,3 +161,18 @@ def test_seed_determines_the_images(scenario) -> None:  # noqa: ANN001
     np.random.seed(0)
     run(5)
     assert (random.random(), np.random.rand()) == before
+
+
+def test_a_budget_ends_the_run_with_what_it_has() -> None:
+    # 5 episodes of 2 queries each (alpha 0, max_step 1: a step and a test) = 10 per identity; a budget of 13
+    # ends identity 2's search in its second episode: identity 0 keeps its best test latent, identity 2 its one
+    # test latent, identity 3 is never searched (a random latent, confidence 0), and the record says so
+    target = make_tiny_target(0, capabilities=BLACK_BOX, num_classes=4, input_shape=(1, 8, 8), budget=13)
+    labels = torch.tensor([0, 2, 3])
+    result = RLBMI({**SMALL, "max_episodes": 5})(target, labels, prior=TinyPrior(image_shape=(1, 8, 8), latent_dim=8,
+                                                                                  seed=0), seed=0)
+    assert result.extras["exhausted"] is True and target.exhausted
+    assert target.queries <= 13 and result.queries == target.queries
+    assert result.images.shape == (3, 1, 8, 8) and bool(torch.isfinite(result.images).all())
+    assert float(result.scores[0]) > 0.0  # identity 0 finished its search
+    assert float(result.scores[2]) == 0.0  # identity 3 was never searched

@@ -3,7 +3,7 @@
 An attack receives the target *as defended*, behind its access wrapper. The view forwards the public,
 capability-checked query API (``logits``, ``probs``, ``log_probs``, ``topk``, ``label``, ``features``,
 ``module`` where ``weights`` is granted) and the facts an attacker may know (classes, input shape,
-capabilities, its query count and budget), and nothing else:
+capabilities, its query count, budget and whether the budget refused a query), and nothing else:
 
 * it holds no reference to the wrapped target in an attribute or an instance ``__dict__`` (it has none:
   ``__slots__``), so neither ``.inner``, ``vars()`` nor ``__dict__`` leads to the undefended network;
@@ -29,7 +29,8 @@ from invertkit.core.interfaces.capability import Capabilities, Capability, descr
 
 #: what a view forwards: query methods and read-only facts of the wrapped target
 _QUERIES = ("logits", "probs", "log_probs", "topk", "label", "features", "has", "charge_derived")
-_FACTS = ("num_classes", "input_shape", "capabilities", "name", "max_topk", "device", "queries", "budget")
+_FACTS = ("num_classes", "input_shape", "capabilities", "name", "max_topk", "device", "queries", "budget",
+          "exhausted")
 
 
 class TargetView:
@@ -76,6 +77,8 @@ class TargetView:
     device = property(lambda self: self._ask("device"))
     queries: int = property(lambda self: self._ask("queries"), doc="queries charged so far (read-only)")  # type: ignore[assignment]
     budget: int | None = property(lambda self: self._ask("budget"), doc="the query budget (read-only)")  # type: ignore[assignment]
+    exhausted: bool = property(lambda self: bool(self._ask("exhausted")),  # type: ignore[assignment]
+                               doc="a query was refused past the budget (read-only): an attack ends with what it has")
 
     @property
     def module(self) -> nn.Module:

@@ -50,7 +50,9 @@ Deliberate differences from the official code:
 * Safety bounds the official loop lacks (it can run forever when every step is rejected or the radius grows
   at every step): ``max_steps`` (spheres drawn per latent) and ``max_radius`` (a latent stops once its radius
   exceeds it), both ``None`` (unbounded, as the official code) by default. A query budget on the target also
-  ends a run: ``QueryBudgetExceeded`` propagates.
+  ends a run, with what it has: a refused query ends the initial search (rows not yet found keep a random
+  latent) or the sphere search (every latent keeps the point and radius of its last complete step), and
+  ``extras["exhausted"]`` says so.
 * The latent dimension is the prior's (the official code: 100 for its CelebA GAN); ``clip`` is the official
   [-1.5, 1.5] whatever the prior.
 * No evaluation model is consulted during the search (the official loop logs its decision at every step but
@@ -65,6 +67,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from invertkit.core.errors import QueryBudgetExceeded
 from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.attack import Attack, AttackConfig
 from invertkit.core.interfaces.capability import Capability as C
@@ -153,11 +156,14 @@ class BREPMI(Attack):
                 break
             idents = sorted(set(labels[waiting].tolist()))
             zb = self._clip(prior.sample_latent(cfg.init_batch, generator)).cpu()
-            if conditional:  # one waiting identity per batch, in turn
-                idents = [idents[b % len(idents)]]
-                pred = self._labels(target, prior, zb, torch.full((cfg.init_batch,), idents[0], dtype=torch.long))
-            else:
-                pred = self._labels(target, prior, zb, None)
+            try:
+                if conditional:  # one waiting identity per batch, in turn
+                    idents = [idents[b % len(idents)]]
+                    pred = self._labels(target, prior, zb, torch.full((cfg.init_batch,), idents[0], dtype=torch.long))
+                else:
+                    pred = self._labels(target, prior, zb, None)
+            except QueryBudgetExceeded:  # the budget ends the search: the rows found so far keep their points
+                break
             for c in idents:
                 rows = waiting[labels[waiting] == c]
                 hits = (pred == c).nonzero().flatten()[: len(rows)]
@@ -174,6 +180,7 @@ class BREPMI(Attack):
         q0 = target.queries
         z, found = self._initial_points(target, prior, labels, generator)
         init_queries = target.queries - q0
+        exhausted = bool(getattr(target, "exhausted", False))
 
         latent_dims = tuple(range(2, z.dim() + 1))  # the latent's own dims in a (rows, N, *latent) tensor
         radius = torch.full((n,), float(cfg.initial_radius), dtype=torch.float64)
@@ -207,19 +214,23 @@ class BREPMI(Attack):
             norms = u.pow(2).sum(dim=latent_dims, keepdim=True).sqrt()
             u = u * (r.unsqueeze(1) / norms)
             points = (za.unsqueeze(1) + u).reshape(m * N, *z.shape[1:])
-            inside = self._labels(target, prior, points, ya.repeat_interleave(N)).view(m, N) == ya.unsqueeze(1)
-            sign = inside.to(z.dtype) * 2 - 1
-            grow = sign.sum(1) > cfg.growth_threshold * N
-            new_ra = torch.where(grow, ra * cfg.expansion, ra)
+            try:
+                inside = self._labels(target, prior, points, ya.repeat_interleave(N)).view(m, N) == ya.unsqueeze(1)
+                sign = inside.to(z.dtype) * 2 - 1
+                grow = sign.sum(1) > cfg.growth_threshold * N
+                new_ra = torch.where(grow, ra * cfg.expansion, ra)
+                weight = (sign - 1) / 2 if cfg.repulsion_only else sign
+                shape = (m, N, *([1] * (z.dim() - 1)))
+                # the official code divides by the radius after its update (a grown sphere's step is 1/1.3 shorter)
+                direction = (weight.view(shape) * u).mean(1) / new_ra.to(z.dtype).view_as(r)
+                candidate = self._clip(za + step * direction)
+                ok = self._labels(target, prior, candidate, ya) == ya
+            except QueryBudgetExceeded:  # the budget ends the run with the points of the last complete step
+                exhausted = True
+                break
             radius[idx] = new_ra
             last_change[idx[grow]] = iters[idx[grow]]
             growths[idx] += grow.long()
-            weight = (sign - 1) / 2 if cfg.repulsion_only else sign
-            shape = (m, N, *([1] * (z.dim() - 1)))
-            # the official code divides by the radius after its update (a grown sphere's step is 1/1.3 shorter)
-            direction = (weight.view(shape) * u).mean(1) / new_ra.to(z.dtype).view_as(r)
-            candidate = self._clip(za + step * direction)
-            ok = self._labels(target, prior, candidate, ya) == ya
             steps[idx] += 1
             keep = idx[ok]
             z[keep] = candidate[ok]
@@ -246,6 +257,7 @@ class BREPMI(Attack):
             "initial_found": found.tolist(),
             "init_queries": int(init_queries),
             "search_queries": int(target.queries - q0 - init_queries),
+            "exhausted": exhausted,
         }
         return AttackResult(self.name, images, labels, score.float(), 0, 0.0, seed, {}, latents=result_z, extras=extras)
 

@@ -35,8 +35,10 @@ Defaults (the official code's):
 
 The agent is stable-baselines3's SAC (CPU, seeded per identity from the attack's generator, so a seed gives the
 same images) on a gymnasium environment (:func:`latent_env_class`) whose ``step`` asks the target, through the
-attacker's view, about the decoded latents; every query is counted and a budget raises
-``QueryBudgetExceeded`` out of the search.
+attacker's view, about the decoded latents; every query is counted. A query budget on the target ends the run
+with what it has: the identity being searched keeps its best test latents so far (untested random latents,
+confidence 0, if it had none), the identities after it keep random latents, and ``extras["exhausted"]`` says
+so.
 
 Queries: ``max_episodes * (2 * max_step + 1)`` per identity in general, ``max_episodes * (max_step + 1)`` when
 ``alpha = 0`` (the default: 80,000 per identity). CPU cost: one SAC gradient step (batch 256, 256-unit MLPs)
@@ -74,7 +76,7 @@ import torch
 from pydantic import Field
 
 from invertkit.core import progress
-from invertkit.core.errors import InvertkitError
+from invertkit.core.errors import InvertkitError, QueryBudgetExceeded
 from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.attack import Attack, AttackConfig
 from invertkit.core.interfaces.capability import Capability as C
@@ -220,8 +222,13 @@ class RLBMI(Attack):
         with _global_rngs_kept():
             for y_t, s in zip(ids.tolist(), seeds):
                 rows = (labels == y_t).nonzero().flatten()
-                best, curve = self._search(SAC, BaseCallback, env_cls, scorer(int(y_t)), prior, latent, dim, int(s),
-                                           len(rows), int(y_t))
+                if getattr(target, "exhausted", False):  # the budget ran out on an earlier identity
+                    gen = torch.Generator().manual_seed(int(s))
+                    best = [(0.0, 0, prior.sample_latent(1, gen).reshape(dim).float().cpu().numpy()) for _ in rows]
+                    curve = [0.0]
+                else:
+                    best, curve = self._search(SAC, BaseCallback, env_cls, scorer(int(y_t)), prior, latent, dim,
+                                               int(s), len(rows), int(y_t))
                 for r, (conf, _, z) in zip(rows.tolist(), best):
                     out_z[r] = torch.from_numpy(z)
                     out_scores[r] = conf
@@ -233,6 +240,7 @@ class RLBMI(Attack):
         with torch.no_grad():
             images = prior.decode(z, labels.to(prior.device))
         info["episodes"] = cfg.max_episodes
+        info["exhausted"] = bool(getattr(target, "exhausted", False))
         return AttackResult(self.name, images, labels, out_scores, 0, 0.0, seed, {}, latents=z, extras=info)
 
     def _search(self, SAC, BaseCallback, env_cls, score: Scorer, prior, latent: tuple[int, ...], dim: int,  # noqa: ANN001, N803
@@ -295,7 +303,12 @@ class RLBMI(Attack):
                 def _on_training_end(self) -> None:
                     self._flush()
 
-            model.learn(total_timesteps=total, callback=Tester())
+            try:
+                model.learn(total_timesteps=total, callback=Tester())
+            except QueryBudgetExceeded:  # the budget ends the search: the best test latents so far are the result
+                pass
+        while len(best) < keep:  # too few tests before the budget ran out: untested latents, confidence 0
+            heapq.heappush(best, (0.0, 0, sample(test_gen)))
         return sorted(best, key=lambda b: (b[0], b[1]), reverse=True), curve
 
 
