@@ -235,6 +235,7 @@ def persist(run: CellRun, result: AttackResult, metrics: dict[str, Any]) -> Cell
         "defense_config": run.defense.config.model_dump(mode="json"),
         "defense_report": run.defense.report(),
         "samples": len(result),
+        "identities": int(len(torch.unique(result.labels))) if len(result) else 0,
         **({"metrics_not_applicable": dict(run.not_applicable)} if run.not_applicable else {}),
         **budget_facts(run),
         "seed": cell.seed,
