@@ -14,6 +14,7 @@ raises (or calls ``sys.exit``) is recorded ``failed`` with its error; ``Keyboard
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,6 +221,22 @@ def budget_facts(run: CellRun) -> dict[str, Any]:
     return {"budget": {"limit": budget, "used": run.attacked.queries, "exhausted": exhausted}}
 
 
+def attack_facts(result: AttackResult) -> dict[str, Any]:
+    """What the attack reported of itself (``result.extras``) that a record can hold: its scalar entries (numbers,
+    strings, booleans; a non-finite float becomes ``None``), e.g. a success rate at a threshold or the iterations
+    an early-stopping search used. Recorded under ``attack_facts``: the attacker's own account, beside (never
+    among) the evaluator's ``metrics``."""
+    out: dict[str, Any] = {}
+    for name, value in result.extras.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None
+        if value is None or isinstance(value, (bool, int, float, str)):
+            out[str(name)] = value
+    return out
+
+
 def persist(run: CellRun, result: AttackResult, metrics: dict[str, Any]) -> CellOutcome:
     """The cell's record, written into the cache with its images (a re-run reads it from there)."""
     cell = run.cell
@@ -235,6 +252,7 @@ def persist(run: CellRun, result: AttackResult, metrics: dict[str, Any]) -> Cell
         "defense_config": run.defense.config.model_dump(mode="json"),
         "defense_report": run.defense.report(),
         "samples": len(result),
+        **({"attack_facts": facts} if (facts := attack_facts(result)) else {}),
         "identities": int(len(torch.unique(result.labels))) if len(result) else 0,
         **({"metrics_not_applicable": dict(run.not_applicable)} if run.not_applicable else {}),
         **budget_facts(run),
