@@ -4,7 +4,8 @@ access wrapper: an attack that runs its budget out ends with what it has, and th
 
 Prints a Markdown table (budget per identity, queries used per identity, exhausted, acc@1, judge_acc) and draws
 ``acc@1`` against the queries used per identity (log scale), one line per attack, with the random-prior
-baseline, to ``--png``.
+baseline, to ``--png``; ``--html DIR`` writes the bench report of the sweep, whose "accuracy against queries"
+plane draws the same curves (every bench report has that plane, one point per cell that spent queries).
 
     python benchmarks/query_curves.py --target digits-cnn-bb --png benchmarks/query_curves_digits.png
     python benchmarks/query_curves.py --registry tests/data/registry-tiny.toml --target tiny-cnn-onnx \\
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("-o", dest="options", action="append", default=[], metavar="ATTACK.KEY=VALUE")
     ap.add_argument("--png", default=None)
     ap.add_argument("--jsonl", default=None, help="write every record here")
+    ap.add_argument("--html", default=None, metavar="DIR", help="write the bench report (report.html, with the "
+                                                                "accuracy-against-queries plane) into DIR")
     args = ap.parse_args(argv)
 
     from invertkit.core.bench.plan import Cell, skip_reason, target_capabilities
@@ -54,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     if left:
         print(f"note: not installed, left out: {', '.join(left)}", file=sys.stderr)
     metrics = ("attack-acc", "judge") if (not spec.standalone and catalog.preset(spec.preset).judges) else ("attack-acc",)
-    rows, records = [], []
+    rows, records, outcomes = [], [], []
     caps = target_capabilities(catalog, plugins, args.target)
     none = plugins.get("defense", "none")()
     for attack in ["random-prior", *attacks]:
@@ -68,7 +71,9 @@ def main(argv: list[str] | None = None) -> None:
             cat = catalog.model_copy(update={"targets": {**catalog.targets, args.target: t}})
             cell = Cell(attack=attack, defense="none", target=args.target, attack_options=options.get(attack, {}),
                         metrics=metrics, samples_per_identity=args.samples, identities=tuple(ids))
-            rec = run_cell(cell, cat, plugins).record
+            outcome = run_cell(cell, cat, plugins)
+            rec = outcome.record
+            outcomes.append(outcome)
             records.append({**rec, "budget_per_identity": per_id})
             m = rec.get("metrics", {})
             used = m.get("queries", float("nan")) / len(ids)
@@ -86,6 +91,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {a} | {b:g} | {used:.0f} | {'yes' if ex else 'no'} | {fmt(acc)} | {fmt(judge)} |")
     if args.jsonl:
         Path(args.jsonl).write_text("".join(json.dumps(r, default=str) + "\n" for r in records))
+    if args.html:
+        from invertkit.core.bench.report import write_report
+
+        write_report(Path(args.html), outcomes, title=f"accuracy against queries: {args.target}",
+                     command=" ".join(["python benchmarks/query_curves.py", *(argv or sys.argv[1:])]))
+        print(f"wrote {Path(args.html) / 'report.html'}", file=sys.stderr)
     if args.png:
         import matplotlib
 

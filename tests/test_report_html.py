@@ -164,6 +164,33 @@ def test_a_defense_at_two_strengths_is_two_labelled_points() -> None:
     assert sorted(defense_labels(records).values()) == ["none", "top-k (k=1)", "top-k (k=3)"]
 
 
+def test_accuracy_against_queries_draws_a_budget_sweep_as_one_line(tmp_path: Path) -> None:
+    from invertkit.core.bench.html import queries_per_identity, queries_svg
+
+    def rec(attack: str, queries: int, acc: float, exhausted: bool = False) -> dict:
+        return {"attack": attack, "defense": "none", "target": "t", "status": "ok", "reason": "", "identities": 5,
+                "samples": 10, "mode": "deployed",
+                "metrics": {"acc@1": acc, "queries": queries}, "budget": {"exhausted": exhausted}}
+
+    sweep = [rec("nes", 5 * 100, 0.2, True), rec("nes", 5 * 10_000, 0.6), rec("nes", 5 * 1_000, 0.4, True)]
+    records = [*sweep, rec("random-prior", 0, 0.15), rec("brep-mi", 5 * 3_000, 0.5),
+               {**rec("gmi", 50, 0.9), "status": "failed"}]
+    assert [queries_per_identity(r) for r in sweep] == [100.0, 10_000.0, 1_000.0]
+    assert queries_per_identity(records[3]) is None  # spent nothing: not a point, the baseline
+    svg = queries_svg(records, "t")
+    assert svg.count("<polyline") == 1 and svg.count("<circle") == 4  # nes's sweep is one line; gmi failed
+    assert svg.count("fill='#fff'") == 2  # the two cells whose budget ran out are hollow
+    assert "stroke-dasharray" in svg and "random-prior: acc@1 0.150" in svg
+    assert ">1e2<" in svg and ">1e4<" in svg
+    # the line goes through the sweep in order of queries: its x coordinates increase
+    xs = [float(p.split(",")[0]) for p in re.search(r"points='([^']*)'", svg).group(1).split()]
+    assert xs == sorted(xs) and len(xs) == 3
+    assert queries_svg(records, "other") == "" and queries_svg([records[3]], "t") == ""
+    outcomes = [CellOutcome(r, None, None) for r in records]
+    write_report(tmp_path, outcomes)
+    assert "<h3>accuracy against queries</h3>" in (tmp_path / "report.html").read_text()
+
+
 def test_the_report_is_written_without_references(tmp_path: Path) -> None:
     write_report(tmp_path, [_ok("a", "d", "t", 2, 2, (1, 8, 8), 0.5, 0.9)])
     page = (tmp_path / "report.html").read_text()

@@ -1,5 +1,5 @@
 """The static ``report.html`` of a bench: per target a heatmap per headline metric, the privacy-utility plane
-of each attack (SVG) and per cell one labelled row per attacked identity, its private training images beside
+of each attack and the attack accuracy against the queries spent (SVG), and per cell one labelled row per attacked identity, its private training images beside
 its reconstructions; then the plan with every skip reason and the environment (versions, device, seeds, cache
 keys). One self-contained file: images are inline PNGs. Every user-supplied string goes through :func:`e`."""
 
@@ -91,6 +91,92 @@ def img_tag(images: torch.Tensor, alt: str) -> str:
     return f"<img src='data:image/png;base64,{b64}' width='{w * scale}' height='{h * scale}' alt='{e(alt)}'>"
 
 
+#: the plotting area of the report's planes: width, height, and the left, right, top and bottom margins
+_W, _H, _L, _R, _T, _B = 400, 330, 48, 16, 14, 42
+
+
+def _plane(aria: str, xticks: list[tuple[float, str]], xlabel: str) -> list[str]:
+    """The opening of a report plane (SVG): frame, grid and labels, with ``xticks`` as (position in [0, 1],
+    text) and acc@1 from 0 to 1 upwards. The caller adds its marks and ``</svg>``."""
+    pw, ph = _W - _L - _R, _H - _T - _B
+    X = lambda v: _L + v * pw  # noqa: E731
+    Y = lambda v: _T + (1 - v) * ph  # noqa: E731
+    s = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{_W}' height='{_H}' viewBox='0 0 {_W} {_H}' role='img' "
+         f"aria-label='{e(aria)}'>", f"<rect x='{_L}' y='{_T}' width='{pw}' height='{ph}' fill='#fcfcfc' stroke='#999'/>"]
+    for v, text in xticks:
+        s.append(f"<line x1='{X(v):.1f}' y1='{_T}' x2='{X(v):.1f}' y2='{_T + ph}' stroke='#e5e5e5'/>"
+                 f"<text x='{X(v):.1f}' y='{_T + ph + 14}' font-size='10' text-anchor='middle'>{text}</text>")
+    for i in range(6):
+        v = i / 5
+        s.append(f"<line x1='{_L}' y1='{Y(v):.1f}' x2='{_L + pw}' y2='{Y(v):.1f}' stroke='#e5e5e5'/>"
+                 f"<text x='{_L - 5}' y='{Y(v) + 3:.1f}' font-size='10' text-anchor='end'>{v:.1f}</text>")
+    s.append(f"<text x='{_L + pw / 2}' y='{_H - 6}' font-size='11' text-anchor='middle'>{xlabel}</text>"
+             f"<text transform='translate(12 {_T + ph / 2}) rotate(-90)' font-size='11' text-anchor='middle'>attack acc@1 "
+             f"(leakage &#8594;)</text>")
+    return s
+
+
+def queries_per_identity(r: dict[str, Any]) -> float | None:
+    """The queries a cell spent per attacked identity (``None`` for a cell that spent none or did not run)."""
+    q = ok_value(r, "queries")
+    n = r.get("identities") or r.get("samples")
+    if not q or not n:
+        return None
+    return float(q) / float(n)
+
+
+def queries_svg(records: list[dict[str, Any]], t: str) -> str:
+    """Attack accuracy against the queries it spent, on target ``t``: x = queries per attacked identity (log
+    scale), y = acc@1; one colour per attack, a line through the cells of one (attack, defense) that differ
+    only in budget (a budget sweep, ``benchmarks/query_curves.py``), the ``random-prior`` figure dashed. Empty
+    unless some cell spent queries."""
+    pts: dict[tuple[str, str], list[tuple[float, float, dict]]] = {}
+    base = None
+    for r in records:
+        if r["target"] != t or r.get("status") != "ok":
+            continue
+        y = ok_value(r, "acc@1")
+        if r["attack"] == "random-prior" and y is not None and r["defense"] == "none":
+            base = y
+        x = queries_per_identity(r)
+        if x is None or y is None:
+            continue
+        pts.setdefault((r["attack"], r["defense"]), []).append((x, y, r))
+    if not pts:
+        return ""
+    xs = [x for line in pts.values() for x, _, _ in line]
+    lo, hi = math.floor(math.log10(min(xs))), math.ceil(math.log10(max(xs)))
+    hi = max(hi, lo + 1)
+    pw, ph = _W - _L - _R, _H - _T - _B
+    X = lambda v: _L + (math.log10(v) - lo) / (hi - lo) * pw  # noqa: E731
+    Y = lambda v: _T + (1 - v) * ph  # noqa: E731
+    s = _plane(f"{t}: attack accuracy against queries", [((d - lo) / (hi - lo), f"1e{d}") for d in range(lo, hi + 1)],
+               "queries per identity (log scale; cost &#8594;)")
+    if base is not None:
+        s.append(f"<line x1='{_L}' y1='{Y(base):.1f}' x2='{_L + pw}' y2='{Y(base):.1f}' stroke='#777' "
+                 f"stroke-dasharray='5 4'><title>random-prior: acc@1 {base:.3f}</title></line>"
+                 f"<text x='{_L + pw - 4}' y='{Y(base) - 4:.1f}' font-size='10' fill='#777' text-anchor='end'>"
+                 "random-prior</text>")
+    attacks = list(dict.fromkeys(a for a, _ in pts))
+    colors = {a: PALETTE[i % len(PALETTE)] for i, a in enumerate(attacks)}
+    for (a, d), line in pts.items():
+        line.sort(key=lambda p: p[0])
+        c = colors[a]
+        if len(line) > 1:
+            path = " ".join(f"{X(x):.1f},{Y(y):.1f}" for x, y, _ in line)
+            s.append(f"<polyline points='{path}' fill='none' stroke='{c}' stroke-width='1.5'/>")
+        for x, y, r in line:
+            ex = (r.get("budget") or {}).get("exhausted")
+            tip = f"{a} × {d}: acc@1 {y:.3f}, {x:,.0f} queries per identity" + (" (budget ran out)" if ex else "")
+            s.append(f"<circle cx='{X(x):.1f}' cy='{Y(y):.1f}' r='4' fill='{c if not ex else '#fff'}' stroke='{c}' "
+                     f"stroke-width='1.5'><title>{e(tip)}</title></circle>")
+    for i, a in enumerate(attacks):  # the legend, top left
+        s.append(f"<rect x='{_L + 8}' y='{_T + 8 + 14 * i}' width='10' height='10' fill='{colors[a]}'/>"
+                 f"<text x='{_L + 22}' y='{_T + 17 + 14 * i}' font-size='10'>{e(a)}</text>")
+    s.append("</svg>")
+    return "".join(s)
+
+
 def scatter_svg(records: list[dict[str, Any]], t: str, attack: str) -> str:
     """The privacy-utility plane of one attack on target ``t``: x = the defended target's natural accuracy,
     y = the attack's acc@1, one labelled point per defense (and strength)."""
@@ -111,19 +197,8 @@ def scatter_svg(records: list[dict[str, Any]], t: str, attack: str) -> str:
     pw, ph = W - L - R, H - T - B
     X = lambda v: L + v * pw  # noqa: E731
     Y = lambda v: T + (1 - v) * ph  # noqa: E731
-    s = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{W}' height='{H}' viewBox='0 0 {W} {H}' role='img' "
-         f"aria-label='{e(attack)}: attack accuracy against natural accuracy'>",
-         f"<rect x='{L}' y='{T}' width='{pw}' height='{ph}' fill='#fcfcfc' stroke='#999'/>"]
-    for i in range(6):
-        v = i / 5
-        s.append(f"<line x1='{X(v):.1f}' y1='{T}' x2='{X(v):.1f}' y2='{T + ph}' stroke='#e5e5e5'/>"
-                 f"<line x1='{L}' y1='{Y(v):.1f}' x2='{L + pw}' y2='{Y(v):.1f}' stroke='#e5e5e5'/>"
-                 f"<text x='{X(v):.1f}' y='{T + ph + 14}' font-size='10' text-anchor='middle'>{v:.1f}</text>"
-                 f"<text x='{L - 5}' y='{Y(v) + 3:.1f}' font-size='10' text-anchor='end'>{v:.1f}</text>")
-    s.append(f"<text x='{L + pw / 2}' y='{H - 6}' font-size='11' text-anchor='middle'>natural accuracy of the defended "
-             f"target (utility &#8594;)</text>"
-             f"<text transform='translate(12 {T + ph / 2}) rotate(-90)' font-size='11' text-anchor='middle'>attack acc@1 "
-             f"(leakage &#8594;)</text>")
+    s = _plane(f"{attack}: attack accuracy against natural accuracy", [(v / 5, f"{v / 5:.1f}") for v in range(6)],
+               "natural accuracy of the defended target (utility &#8594;)")
     placed: list[tuple[float, float, float, float]] = []
     for x, y, label, r in sorted(pts, key=lambda p: (-p[1], p[0])):
         cx, cy = X(x), Y(y)
@@ -259,6 +334,11 @@ def write_html(path: Path, outcomes: list[CellOutcome], title: str, references: 
                      "more useful, up is more leakage; a good defense sits bottom right.</p><div class='row'>")
             h += [f"<div><h4>{e(a)}</h4>{svg}</div>" for a, svg in plots]
             h.append("</div>")
+        qsvg = queries_svg(records, t)
+        if qsvg:
+            h.append("<h3>accuracy against queries</h3><p class='note'>What each attack bought with its queries: one "
+                     "point per cell, a line through a budget sweep, hollow where the budget ran out; left is cheaper, "
+                     "up is more leakage. The dashed line is the random-prior baseline.</p>" + qsvg)
         private = PrivateRows((references or {}).get(t))
         h.append("<h3>reconstructions</h3><p class='note'>Each row: one attacked identity, a few of its private "
                  f"training images (the evaluator's side; the attacker never sees them), then up to {RECON_PER_ROW} "
