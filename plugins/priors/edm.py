@@ -420,7 +420,9 @@ def guided_denoise(denoiser: EDMDenoiser, x: Tensor, sigma: Tensor, cond: Tensor
         return denoiser(x, sigma, cond)
     n = len(x)
     cond = denoiser.check_condition(cond, n)
-    both = denoiser(torch.cat([x, x]), sigma, torch.cat([cond, denoiser.null_condition(n, cond.device)]))
+    sigma = torch.as_tensor(sigma, device=x.device).reshape(-1).expand(n)
+    both = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]),
+                    torch.cat([cond, denoiser.null_condition(n, cond.device)]))
     d_cond, d_null = both[:n], both[n:]
     return d_null + guidance * (d_cond - d_null)
 
