@@ -27,8 +27,8 @@ import invertkit
 from invertkit.core import progress
 from invertkit.core.bench.plan import Cell
 from invertkit.core.bench.targets import (
-    attacked_records, defended_key, defended_natural_accuracy, evaluator_target, gradient_label, load_target,
-    metric_context,
+    attacked_records, defended_key, defended_natural_accuracy, evaluator_target, gradient_label, leaked_templates,
+    load_target, metric_context,
 )
 from invertkit.core.cache import atomic_path, atomic_write_json, cache_dir, record_checksum
 from invertkit.core.catalog import Catalog
@@ -123,7 +123,8 @@ class CellRun:
     #: images), with the reason
     not_applicable: dict[str, str] = field(default_factory=dict)
     #: a records target (tabular): the attacked records, what the attacker knows of them and what the
-    #: evaluator compares (:func:`~invertkit.core.bench.targets.attacked_records`); ``None`` for images
+    #: evaluator compares (:func:`~invertkit.core.bench.targets.attacked_records`); an embedder target: the
+    #: leaked templates (:func:`~invertkit.core.bench.targets.leaked_templates`); ``None`` for other images
     records: Any = None
 
 
@@ -155,7 +156,8 @@ def prepare(run: CellRun, *, use_cache: bool = True) -> CellOutcome | None:
     run.prior = prior_for(run.scenario, plugins, run.attacked, d_key)[0] if run.attack.needs_prior else None
     run.prior_queries = run.attacked.queries
     run.ids = torch.tensor(cell.identities if cell.identities is not None else range(run.scenario.num_classes))
-    run.records = attacked_records(run.scenario, run.ids)
+    run.records = attacked_records(run.scenario, run.ids) or leaked_templates(run.catalog, plugins, cell, run.scenario,
+                                                                             run.defense, run.ids)
     run.attack.context = AttackContext(public_images=run.scenario.split.public[0],
                                        public_labels=run.scenario.split.public[1], plugins=plugins,
                                        cache=derived_cache(run.scenario, run.attacked, d_key),

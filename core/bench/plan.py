@@ -157,11 +157,36 @@ def target_capabilities(catalog: Catalog, plugins: Plugins, target: str) -> froz
     return ACCESS_LEVELS[tspec.access] & frozenset(offered)
 
 
+def template_shortfall(catalog: Catalog, defense: Any, target: str) -> str:
+    """Why no template of ``target`` leaks under ``defense`` (an instance), or ``""``: the target is no embedder,
+    has no private images, or the defense keeps its templates from leaking."""
+    spec = catalog.target(target)
+    if spec.kind != "embedder":
+        return f"needs leaked templates, and '{target}' is not an embedder (kind = \"embedder\")"
+    if spec.standalone and spec.private is None:
+        return (f"needs leaked templates, and '{target}' has no private images whose templates could leak "
+                "(give its entry private = { dataset = \"class-folder\", root = \"...\" })")
+    if not getattr(defense, "releases_templates", True):
+        return f"needs leaked templates, and '{defense.name}' never releases the templates of '{target}' (secure storage)"
+    return ""
+
+
 def skip_reason(catalog: Catalog, plugins: Plugins, a_cls: Any, defense: Any, target: str, target_caps: frozenset, *,
                 adaptive: bool = False) -> str:
     """Why attack class ``a_cls`` cannot run on ``target`` under ``defense`` (an instance), or ``""``. The one
     place the bench and ``cli.py run`` decide it."""
     d, t = defense.name, target
+    backend = plugins.get("backend", catalog.target(t).backend)
+    # a backend may withhold a view altogether (federated: a client's upload under secure aggregation), or refuse
+    # a defense it cannot apply as the bench would (federated: a training-time defense is each client's own)
+    why = (getattr(backend, "withheld", lambda _s: "")(catalog.target(t))
+           or getattr(backend, "refuses_defense", lambda _s, _d: "")(catalog.target(t), defense))
+    if why:
+        return why
+    if getattr(a_cls, "needs_templates", False):
+        why = template_shortfall(catalog, defense, t)
+        if why:
+            return why
     left = defense.granted(target_caps, adaptive=adaptive)
     lack = missing(a_cls.requires, left)
     if C.GRAD in lack and defense.filters_api and C.GRAD in target_caps and not adaptive:

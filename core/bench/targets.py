@@ -15,6 +15,7 @@ import invertkit
 from invertkit.core.bench.plan import Cell
 from invertkit.core.cache import atomic_write_json, cache_dir, content_key, entry_lock
 from invertkit.core.catalog import Catalog
+from invertkit.core.interfaces.capability import Capability
 from invertkit.core.interfaces.metric import MetricContext
 from invertkit.core.interfaces.target import TargetModel
 from invertkit.core.plugins import Plugins
@@ -34,6 +35,11 @@ def target_scenario(catalog: Catalog, plugins: Plugins, name: str) -> Scenario:
 def load_target(catalog: Catalog, plugins: Plugins, name: str) -> tuple[TargetModel, Scenario]:
     spec = catalog.target(name)
     scenario = target_scenario(catalog, plugins, name)
+    if spec.view is not None:  # another model of the preset's scenario: what attacks derive from it is its own
+        from dataclasses import replace
+
+        own = content_key({"of": scenario.keys.get("target"), "view": spec.view, "options": spec.backend_options})
+        scenario = replace(scenario, keys={**scenario.keys, "target": own})
     backend = plugins.get("backend", spec.backend)()
     target = backend.load(spec, scenario, plugins)
     target.name = name
@@ -80,7 +86,9 @@ def metric_context(scenario: Scenario, attacked: torch.Tensor | None = None,
 
 @dataclass
 class AttackedRecords:
-    """A records (tabular) cell's attacked records: the private training records whose label is an attacked
+    """A cell's attacked items, one result row each, with what the attacker knows of them and what the evaluator
+    compares: a records (tabular) cell's records (:func:`attacked_records`) or an embedder cell's leaked
+    templates (:func:`leaked_templates`). For records: the private training records whose label is an attacked
     class, in order. ``attacker`` is what an attribute-inference attacker knows of them, handed to the attack as
     ``AttackContext.extras``: ``schema`` (the columns; public), ``records`` (each record with its sensitive
     attribute's columns zeroed) and ``record_labels`` (their labels). ``evaluator`` is the metrics' side
@@ -107,6 +115,49 @@ def attacked_records(scenario: Scenario, ids: torch.Tensor) -> AttackedRecords |
         attacker={"schema": schema, "records": known, "record_labels": y[index].clone()},
         evaluator={"schema": schema, "record_index": index, "public_records": scenario.split.public[0]},
     )
+
+
+def leaked_templates(catalog: Catalog, plugins: Plugins, cell: Cell, scenario: Scenario, defense: Any,
+                     ids: torch.Tensor) -> AttackedRecords | None:
+    """The leaked templates of a cell on an embedder target (``kind = "embedder"``); ``None`` for any other
+    target, or one without private images. The template-inversion threat model (Mai et al., TPAMI 2019): the
+    attacker holds the *stored templates* of the attacked private images, never the images.
+
+    The attacked images are ``samples_per_identity`` private training images of each attacked identity (a
+    seeded draw; fewer where an identity has fewer), one reconstruction each, in order. ``attacker``
+    (``AttackContext.extras``): ``templates``, what the system stores for them, i.e. what the target *as
+    defended* releases (BioHash bits, noisy templates, a retrained network's templates), computed on a fresh copy
+    without a budget: a leak is not a query, so none is charged; nothing when the defense does not release
+    templates (``releases_templates = False``: secure storage; the plan skips the attacks that need them).
+    ``evaluator`` (``MetricContext.extras``): ``templates`` (the undefended templates), ``template_features``
+    (the undefended target's extractor), ``template_index`` (the images' rows in the private training split)
+    and ``paired_reference`` (the images themselves)."""
+    spec = catalog.target(cell.target)
+    x, y = scenario.split.private_train
+    if spec.kind != "embedder" or len(x) == 0:
+        return None
+    g = torch.Generator().manual_seed(int(cell.seed))
+    rows = []
+    for i in torch.as_tensor(ids).tolist():
+        mine = torch.nonzero(y == int(i)).flatten()
+        rows.append(mine[torch.randperm(len(mine), generator=g)[: cell.samples_per_identity]].sort().values)
+    index = torch.cat(rows) if rows else torch.empty(0, dtype=torch.long)
+    if len(index) == 0:
+        return None
+    images = x[index]
+    clean_target = evaluator_target(catalog, plugins, cell.target)
+    with torch.no_grad():
+        clean = clean_target.features(images).detach()
+    attacker: dict[str, Any] = {}
+    if getattr(defense, "releases_templates", True):
+        fresh, _ = load_target(catalog, plugins, cell.target)
+        fresh.budget = None
+        stored = defense.apply(fresh, defense_context(scenario, plugins, seed=cell.seed))
+        with torch.no_grad():
+            attacker["templates"] = stored.features(images).detach().clone()
+    evaluator = {"templates": clean, "template_features": clean_target.features, "template_index": index,
+                 "paired_reference": images}
+    return AttackedRecords(labels=y[index].clone(), attacker=attacker, evaluator=evaluator)
 
 
 def defended_key(defense: Any, cell: Cell) -> str:
@@ -148,6 +199,8 @@ def defended_natural_accuracy(cell: Cell, catalog: Catalog, plugins: Plugins, sc
         fresh, _ = load_target(catalog, plugins, cell.target)
         fresh.budget = None
         defended = defense.apply(fresh, defense_context(scenario, plugins, seed=cell.seed))
+        if not defended.has(Capability.LABEL):  # a template API answers no label: no closed-set accuracy
+            return float("nan")
         return natural_accuracy(defended.label, *scenario.split.private_test)
 
     if not shared:

@@ -33,6 +33,8 @@ class AttackContext:
       (tabular) target the bench puts there what an attribute-inference attacker knows of the attacked records
       (:func:`~invertkit.core.bench.targets.attacked_records`): ``schema``, ``records`` (sensitive columns
       zeroed) and ``record_labels``; the attack's ``labels`` are those records' labels, one result row each.
+      On an embedder target it puts there ``templates``, the leaked templates of the attacked private images as
+      the defended system stores them (never the images): one per entry of the attack's ``labels``.
 
     No scenario, no private split, no evaluation model, no raw network: whatever an attack takes from the target
     goes through the :class:`~invertkit.core.interfaces.access.TargetView` it is handed, and is counted.
@@ -76,6 +78,10 @@ class Attack(ABC):
     requires: ClassVar[Capabilities] = frozenset()
     needs_prior: ClassVar[bool] = True
     prior_requires: ClassVar[PriorFeatures] = frozenset()
+    #: inverts leaked templates: runs only on an embedder target whose stored templates leak (the bench hands
+    #: them over as ``context.extras["templates"]``, one per result row; see
+    #: :func:`~invertkit.core.bench.targets.leaked_templates`)
+    needs_templates: ClassVar[bool] = False
     paper: ClassVar[str] = ""
     summary: ClassVar[str] = ""
 

@@ -76,6 +76,10 @@ class Defense(ABC):
     #: the defense filters what an API returns: an attacker who holds gradients holds the weights and is not
     #: behind it, so it removes ``grad`` unless the attacker is explicitly adaptive (see :meth:`granted`)
     filters_api: ClassVar[bool] = False
+    #: an embedder's stored templates leak as the target releases them (the template-inversion threat model);
+    #: ``False``: the defense keeps them from leaking (secure storage), so attacks that need leaked templates
+    #: (``Attack.needs_templates``) are skipped, with the reason
+    releases_templates: ClassVar[bool] = True
 
     def __init__(self, config: ComponentConfig | dict[str, Any] | None = None) -> None:
         self.config = build_config(self.Config, config, what=f"defense '{self.name}'")

@@ -48,8 +48,9 @@ LossFn = Callable[[nn.Module, Tensor, Tensor, int], Tensor]
 
 
 def cross_entropy(model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> Tensor:
-    """The plain classification loss, as a :data:`LossFn`."""
-    return F.cross_entropy(model(x), y)
+    """The plain classification loss, as a :data:`LossFn`. A model that ``trains_with_labels`` (a margin head:
+    ArcFace, CosFace) is given the labels, so that its training margin applies."""
+    return F.cross_entropy(model(x, y) if getattr(model, "trains_with_labels", False) else model(x), y)
 
 
 def minibatches(data: tuple[Tensor, Tensor], batch_size: int, generator: torch.Generator,

@@ -23,6 +23,11 @@ Input size: 112x112 as released; any size that is a multiple of 16 works (``fc``
 512*4*4 ``fc``, which no released 112x112 file fits). A released backbone has no head: load it with
 :func:`load_backbone`, then :func:`enroll` the identities (class centre = mean unit template), which is how a
 recognition model becomes a closed-set classifier.
+
+For the CPU-sized scenarios (8x8 digits, 28x28 MNIST) the same heads sit on a small convolutional trunk
+(``small-arcface``, ``small-cosface``: the ``small-cnn`` body, its last ReLU replaced by the template's
+BatchNorm1d as IResNet ends). Both kinds set ``trains_with_labels``: the preset trainer passes the labels to
+``forward`` so the margin applies during training, as in insightface's training loop.
 """
 
 from __future__ import annotations
@@ -210,6 +215,9 @@ HEADS: dict[str, type[MarginHead]] = {"arcface": ArcFaceHead, "cosface": CosFace
 class FaceRecognitionNet(IResNet):
     """IResNet + margin head: ``features(x)`` the template, ``head(f)`` the cosine logits, ``forward(x)`` both."""
 
+    #: the trainer passes the labels to ``forward`` (the margin is a training device)
+    trains_with_labels = True
+
     def __init__(self, depth: int, num_classes: int, in_shape: tuple[int, int, int] = (3, 112, 112), *,
                  loss: str = "arcface", s: float = 64.0, m: float | None = None, embedding_size: int = 512,
                  dropout: float = 0.0):
@@ -221,6 +229,33 @@ class FaceRecognitionNet(IResNet):
         return self.margin(f, labels)
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        return self.head(self.features(x), labels)
+
+
+class SmallFaceNet(nn.Module):
+    """The CPU-sized embedder: ``small-cnn``'s trunk ending in the template's BatchNorm1d (no ReLU: a template is
+    signed, as IResNet's), and a margin head. ``features(x)`` the template, ``head(f)`` the cosine logits."""
+
+    trains_with_labels = True
+
+    def __init__(self, num_classes: int, in_shape: tuple[int, int, int], *, width: int = 32, embedding_size: int = 64,
+                 loss: str = "arcface", s: float = 64.0, m: float | None = None):
+        super().__init__()
+        from invertkit.plugins.targets.small_nets import SmallCNN
+
+        body = SmallCNN(1, in_shape, width=width, feat_dim=embedding_size).body
+        body[-1] = nn.BatchNorm1d(embedding_size, eps=1e-5)
+        self.body = body
+        cls = HEADS[loss]
+        self.margin = cls(num_classes, embedding_size, s) if m is None else cls(num_classes, embedding_size, s, m)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+    def head(self, f: Tensor, labels: Tensor | None = None) -> Tensor:
+        return self.margin(f, labels)
+
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         return self.head(self.features(x), labels)
 
 
@@ -305,6 +340,38 @@ ARCHITECTURES = [
     )
     for loss in ("arcface", "cosface")
     for depth in IRESNET_LAYERS
+]
+
+
+def _small_config(loss: str) -> type[ComponentConfig]:
+    class Config(ComponentConfig):
+        width: int = Field(32, ge=4, le=512, description="channels of the first convolution (small-cnn's width)")
+        embedding_size: int = Field(64, ge=8, le=4096, description="template dimension")
+        s: float = Field(64.0, gt=0, le=1024, description="logit scale s (64 in both papers)")
+        m: float = Field(MARGINS[loss], ge=0, lt=1.5, description=f"{loss} training margin (paper: {MARGINS[loss]})")
+
+    Config.__name__ = Config.__qualname__ = f"Small{loss.capitalize()}Config"
+    return Config
+
+
+def _small_builder(loss: str) -> Callable[[int, tuple[int, int, int], Any], nn.Module]:
+    def build(num_classes: int, in_shape: tuple[int, int, int], cfg: Any) -> nn.Module:
+        check_shape(f"small-{loss}", in_shape, 1, minimum=4)
+        return SmallFaceNet(num_classes, in_shape, width=cfg.width, embedding_size=cfg.embedding_size, loss=loss,
+                            s=cfg.s, m=cfg.m)
+
+    return build
+
+
+ARCHITECTURES += [
+    architecture(
+        f"small-{loss}",
+        f"CPU-sized face-style embedder (small-cnn trunk, BatchNorm template) with {HEAD_TITLES[loss]} cosine head",
+        PAPERS[loss],
+        _small_config(loss),
+        _small_builder(loss),
+    )
+    for loss in ("arcface", "cosface")
 ]
 
 
