@@ -31,6 +31,8 @@ NO_PAPER = {
     ("dataset", "image-folder"),
     ("dataset", "class-folder"),
     ("metric", "target-acc"),
+    # issue 14's face-swap MIA follows a technical report with no public link (plugins/attacks/faceswap_mia.py)
+    ("attack", "faceswap-mia"),
 }
 
 
