@@ -46,7 +46,7 @@ is ignored.
 :mod:`invertkit.plugins.priors.edm`): a denoiser ``D(x; sigma, y)`` on ``x = x0 + sigma * eps``. The official
 model is a DDPM (``eps``-prediction, linear betas 1e-4..0.02 over T = 1000). A DDPM state at step ``t`` is
 ``sqrt(abar_t) (x0 + sigma_t eps)`` with **``sigma_t = sqrt((1 - abar_t) / abar_t)``** (:func:`ddpm_sigma`;
-``abar_t`` the official ``alphabar[t - 1]``: t = 100 gives sigma 0.47, t = 200 1.22, t = 1000 157), so every
+``abar_t`` the official ``alphabar[t - 1]``: t = 1 gives sigma 0.01, t = 100 0.339, t = 200 0.719, t = 1000 157), so every
 official formula maps exactly: ``eps = (x - D) / sigma``; the guided ``eps_w = w eps_y - (w - 1) eps_null`` is
 ``D_w = D_null + w (D_y - D_null)``; the diffusion loss is ``||(x_t - D_w(x_t)) / sigma - eps||^2``; DDIM with
 eta 1 is the ancestral step ``x' = D + sqrt(s'^2 - u^2) eps_hat + u z``, ``u = s' sqrt(1 - s'^2 / s^2)``
@@ -102,7 +102,8 @@ from invertkit.core.interfaces.capability import Capability as C
 from invertkit.core.interfaces.results import AttackResult
 
 __all__ = ["DiffMI", "ancestral_sample", "class_feature_means", "ddpm_alphas_cumprod", "ddpm_sigma",
-           "dpm_solver_pp_2m", "finetune_parameters", "p_reg_loss", "pgd_l2_targeted", "reconstruction_levels",
+           "dpm_solver_pp_2m", "dpm_solver_sigmas", "finetune", "finetune_parameters", "guided", "p_reg_loss",
+           "pgd_l2_targeted", "reconstruct", "reconstruction_augment", "reconstruction_levels", "reconstruction_t",
            "topk_margin_loss", "vp_sigma"]
 
 #: the official noise schedule (guided-diffusion ``linear``; ``3_attack/utils/diffusion.py``; DPM-Solver's betas)
