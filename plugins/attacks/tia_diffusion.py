@@ -204,9 +204,9 @@ class TIADiffusion(Attack):
                              channel_mult=cfg.channel_mult, layers_per_block=cfg.layers_per_block)
         return TemplateGenerator(den, dim)
 
-    def _stage1(self, target: Any, image_shape: tuple[int, int, int], dim: int, seed: int) -> TemplateGenerator:
+    def _stage1(self, images: Tensor, feats: Tensor, image_shape: tuple[int, int, int], dim: int,
+                seed: int) -> TemplateGenerator:
         cfg = self.config
-        images, feats = self._public_templates(target, self._public())
         gen = self._build(image_shape, dim)
         gen.mean.copy_(feats.mean(0))
         gen.scale.copy_(feats.std(0).clamp(min=1e-6) if len(feats) > 1 else torch.ones(dim))
@@ -216,9 +216,9 @@ class TIADiffusion(Attack):
         gen.denoiser.load_state_dict(ema.state_dict())
         return gen.eval()
 
-    def _stage2(self, target: Any, base: TemplateGenerator, seed: int, generator: torch.Generator) -> TemplateGenerator:
+    def _stage2(self, target: Any, images: Tensor, feats: Tensor, base: TemplateGenerator, seed: int,
+                generator: torch.Generator) -> TemplateGenerator:
         cfg = self.config
-        images, feats = self._public_templates(target, self._public())
         gen = self._build(base.denoiser.image_shape, base.mean.shape[0])
         gen.load_state_dict(base.state_dict())
         den = gen.denoiser
@@ -262,8 +262,15 @@ class TIADiffusion(Attack):
         def build() -> TemplateGenerator:
             return self._build(image_shape, dim)
 
+        queried: dict[str, Tensor] = {}
+
+        def public() -> tuple[Tensor, Tensor]:  # queried once, by whichever stage trains first
+            if not queried:
+                queried["images"], queried["feats"] = self._public_templates(target, self._public())
+            return queried["images"], queried["feats"]
+
         def stage1() -> TemplateGenerator:
-            return self._stage1(target, image_shape, dim, seed)
+            return self._stage1(*public(), image_shape, dim, seed)
 
         gen = stage1() if cache is None else cache({**key, "stage": 1}, stage1, build, label=f"{self.name}-stage1")
         if not cfg.stage2:
@@ -273,7 +280,7 @@ class TIADiffusion(Attack):
         stage2_cfg["exact"] = self._exact(target)
 
         def stage2() -> TemplateGenerator:
-            return self._stage2(target, gen, seed, generator)
+            return self._stage2(target, *public(), gen, seed, generator)
 
         if cache is None:
             return stage2()
