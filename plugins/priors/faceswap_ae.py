@@ -53,10 +53,9 @@ from torch import Tensor, nn
 from invertkit.core.errors import ShapeError, UsageError
 from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.config import ComponentConfig
-from invertkit.core.interfaces.prior import Prior, PriorBuilder
+from invertkit.core.interfaces.prior import PriorBuilder
 from invertkit.core.zoo.train import fit
-from invertkit.plugins.priors.autoencoder import LatentStats
-from invertkit.plugins.priors.wgan_gp import freeze
+from invertkit.plugins.priors.autoencoder import AutoencoderPrior, LatentStats
 
 __all__ = ["ConditionalSwap", "FaceSwapAEBuilder", "FaceSwapPrior", "SwapDecoder", "SwapEncoder", "SwapInter",
            "TUNABLE", "layout"]
@@ -142,41 +141,42 @@ class SwapDecoder(nn.Module):
         return torch.sigmoid(self.out(x))
 
 
-class FaceSwapPrior(Prior):
-    """The trained autoencoder as a prior: latents are ``Dense(encoder_dim)`` codes, ``decode`` the inter's
-    expansion and the decoder; ``encode`` gives the code of images. Unconditional (``labels`` are ignored)."""
+class _Codes(nn.Module):
+    """Images to bottleneck codes: the encoder, then the inter's ``Dense(encoder_dim)``."""
 
-    name = "faceswap-ae"
-    has_discriminator = False
+    def __init__(self, encoder: SwapEncoder, inter: SwapInter) -> None:
+        super().__init__()
+        self.encoder, self.inter = encoder, inter
 
-    def __init__(self, encoder: SwapEncoder, inter: SwapInter, decoder: SwapDecoder, stats: LatentStats) -> None:
-        freeze(encoder, inter, decoder, stats)
-        self.encoder, self.inter, self.decoder, self.stats = encoder, inter, decoder, stats
-        self.latent_shape = (inter.code_dim,)
-        self.image_shape = decoder.image_shape  # type: ignore[assignment]
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.decoder.parameters()).device
-
-    def decode(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        if z.dim() != 2 or z.shape[1] != self.latent_shape[0]:
-            raise ShapeError(f"prior '{self.name}' decodes latents of shape (N, {self.latent_shape[0]}), got {tuple(z.shape)}")
-        return self.decoder(self.inter.expand(z))
-
-    def encode(self, x: Tensor) -> Tensor:
-        """The bottleneck code of images ``x``."""
-        if tuple(x.shape[1:]) != tuple(self.image_shape):
-            raise ShapeError(f"prior '{self.name}' encodes images of shape (N, {', '.join(map(str, self.image_shape))}), "
-                             f"got {tuple(x.shape)}")
+    def forward(self, x: Tensor) -> Tensor:
         return self.inter.squeeze(self.encoder(x))
 
-    def sample_latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        eps = torch.randn((n, *self.latent_shape), generator=generator)
-        return (self.stats.mean.cpu() + self.stats.std.cpu() * eps).to(self.device)
+
+class _Images(nn.Module):
+    """Bottleneck codes to images: the inter's expansion, then the decoder."""
+
+    def __init__(self, inter: SwapInter, decoder: SwapDecoder) -> None:
+        super().__init__()
+        self.inter, self.decoder, self.image_shape = inter, decoder, decoder.image_shape
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.decoder(self.inter.expand(z))
+
+
+class FaceSwapPrior(AutoencoderPrior):
+    """The trained autoencoder as a prior (the ``autoencoder`` prior's interface): latents are the
+    ``Dense(encoder_dim)`` codes, ``decode`` the inter's expansion and the decoder, ``encode`` the code of images,
+    ``sample_latent`` the Gaussian fitted to the public codes. Unconditional (``labels`` are ignored)."""
+
+    name = "faceswap-ae"
+
+    def __init__(self, encoder: SwapEncoder, inter: SwapInter, decoder: SwapDecoder, stats: LatentStats) -> None:
+        super().__init__(_Codes(encoder, inter), _Images(inter, decoder), stats, inter.code_dim)  # type: ignore[arg-type]
+        self.parts = {"encoder": encoder, "inter": inter, "decoder": decoder, "stats": stats}
 
     def networks(self) -> dict[str, nn.Module]:
-        return {"encoder": self.encoder, "inter": self.inter, "decoder": self.decoder, "stats": self.stats}
+        """The four networks as the builder made them (``encoder``, ``inter``, ``decoder``, ``stats``)."""
+        return dict(self.parts)
 
 
 class ConditionalSwap(nn.Module):
@@ -195,9 +195,10 @@ class ConditionalSwap(nn.Module):
         unknown = sorted(set(tune) - set(TUNABLE))
         if unknown:
             raise UsageError(f"unknown layer group(s) {unknown} to tune (known: {', '.join(TUNABLE)})")
-        self.encoder = copy.deepcopy(prior.encoder)
-        self.inter = copy.deepcopy(prior.inter)
-        self.decoder = copy.deepcopy(prior.decoder)
+        parts = prior.networks()
+        self.encoder = copy.deepcopy(parts["encoder"])
+        self.inter = copy.deepcopy(parts["inter"])
+        self.decoder = copy.deepcopy(parts["decoder"])
         self.embedding = nn.Embedding(int(num_classes), self.inter.code_dim)
         nn.init.zeros_(self.embedding.weight)
         self.num_classes, self.tune = int(num_classes), tuple(tune)
