@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -45,6 +46,17 @@ class AttackContext:
     plugins: Any = None
     cache: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
+
+
+def derive(context: AttackContext | None, key: dict[str, Any], train: Callable[[], Any], build: Callable[[], Any], *,
+           label: str) -> Any:
+    """A network an attack derives from its target (a student, a surrogate, a fine-tuned generator): through
+    ``context.cache`` when the bench gives one (trained once per ``key``, its queries charged again on every
+    re-use), else ``train()`` afresh. Returned in eval mode."""
+    cache = getattr(context, "cache", None)
+    if cache is None:
+        return train().eval()
+    return cache(key, train, build, label=label)
 
 
 def prior_shortfall(attack_cls: type, provided: PriorFeatures, prior: str, *, target: str | None = None) -> str:
