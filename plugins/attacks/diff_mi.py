@@ -97,9 +97,9 @@ from invertkit.core import losses, progress
 from invertkit.core.augment import plg_augment
 from invertkit.core.errors import ConfigError, UsageError
 from invertkit.core.hookspecs import hookimpl
-from invertkit.core.interfaces.attack import Attack, AttackConfig
+from invertkit.core.interfaces.attack import Attack, AttackConfig, derive
 from invertkit.core.interfaces.capability import Capability as C
-from invertkit.core.interfaces.results import AttackResult
+from invertkit.core.interfaces.results import AttackResult, empty_result
 
 __all__ = ["DiffMI", "ancestral_sample", "class_feature_means", "ddpm_alphas_cumprod", "ddpm_sigma",
            "dpm_solver_pp_2m", "dpm_solver_sigmas", "finetune", "finetune_parameters", "guided", "p_reg_loss",
@@ -506,20 +506,6 @@ class DiffMI(Attack):
         pgd_iterations: int = Field(10, ge=0, description="its iterations (official: 10; 0: none)")
 
     # ------------------------------------------------------------------------------------ derived models
-    def _public(self) -> Tensor:
-        images = getattr(self.context, "public_images", None)
-        if images is None or len(images) == 0:
-            raise UsageError("attack 'diff-mi' trains its diffusion model on the attacker's public images: set "
-                             "attack.context = AttackContext(public_images=...) (the bench does) before running it")
-        return images
-
-    def _cached(self, key: dict[str, Any], train: Callable[[], nn.Module], build: Callable[[], nn.Module],
-                label: str) -> nn.Module:
-        cache = getattr(self.context, "cache", None)
-        if cache is None:
-            return train().eval()
-        return cache(key, train, build, label=label)
-
     def _build(self, shape: tuple[int, int, int], k: int) -> nn.Module:
         from invertkit.plugins.priors.edm import build_denoiser
 
@@ -534,7 +520,9 @@ class DiffMI(Attack):
         from invertkit.plugins.priors.edm import train_denoiser
         from invertkit.plugins.priors.plg_cgan import pseudo_label
 
-        cfg, public = self.config, self._public()
+        from invertkit.plugins.attacks.identity_terms import public_images
+
+        cfg, public = self.config, public_images(self)
         shape, k = tuple(int(s) for s in target.input_shape), int(target.num_classes)
         if tuple(public.shape[1:]) != shape:
             raise UsageError(f"attack 'diff-mi': public images of shape {tuple(public.shape[1:])} but the target takes {shape}")
@@ -572,7 +560,7 @@ class DiffMI(Attack):
             return ema
 
         q1 = target.queries
-        cdm = self._cached(key, pretrain, build, "diff-mi-cdm")
+        cdm = derive(self.context, key, pretrain, build, label="diff-mi-cdm")
         if cfg.finetune_epochs == 0:
             return cdm, p_reg, facts
         ft_fields = ("finetune_epochs", "threshold", "finetune_batch_size", "finetune_lr", "finetune_steps",
@@ -589,7 +577,7 @@ class DiffMI(Attack):
                                   seed=cfg.train_seed))
             return net
 
-        tuned = self._cached(ft_key, tune, build, "diff-mi-finetuned")
+        tuned = derive(self.context, ft_key, tune, build, label="diff-mi-finetuned")
         facts["finetune_queries"] = target.queries - q1
         return tuned, p_reg, facts
 
@@ -599,6 +587,8 @@ class DiffMI(Attack):
         k = int(target.num_classes)
         if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= k):
             raise UsageError(f"attack 'diff-mi': identities must be target classes in [0, {k})")
+        if len(labels) == 0:
+            return empty_result(self.name, tuple(int(s) for s in target.input_shape), {}, seed)
         denoiser, p_reg, facts = self.diffusion_models(target)
         denoiser.requires_grad_(False)
         q0 = target.queries
