@@ -19,14 +19,13 @@ from __future__ import annotations
 from typing import ClassVar
 
 from invertkit.core.hookspecs import hookimpl
-from invertkit.core.interfaces.capability import Capabilities
 from invertkit.core.interfaces.config import ComponentConfig
-from invertkit.core.interfaces.defense import Defense, DefenseContext
-from invertkit.core.interfaces.target import TargetModel
+from invertkit.plugins.defenses.none import NoDefense
 
 
-class SecureStorage(Defense):
-    """Templates are stored (and matched) encrypted: none leaks; the model's API is the entry's, unchanged."""
+class SecureStorage(NoDefense):
+    """Templates are stored (and matched) encrypted: none leaks; the model's API is the entry's, unchanged (the
+    target passes through as ``none`` passes it)."""
 
     class Config(ComponentConfig):
         """No options: the templates are encrypted or they are not."""
@@ -39,12 +38,6 @@ class SecureStorage(Defense):
     paper: ClassVar[str] = "https://arxiv.org/abs/1805.00577"
     gradient: ClassVar[str] = "exact"
     releases_templates: ClassVar[bool] = False
-
-    def capabilities(self, given: Capabilities) -> Capabilities:
-        return frozenset(given)
-
-    def apply(self, target: TargetModel, ctx: DefenseContext | None = None) -> TargetModel:
-        return target
 
 
 @hookimpl

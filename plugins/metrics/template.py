@@ -60,6 +60,16 @@ def calibrate(templates: Tensor, labels: Tensor, fmr: float) -> tuple[float, flo
     return thr, fmr_achieved, tmr
 
 
+class CalibrationConfig(ComponentConfig):
+    """Options of a metric that calibrates a recognition threshold on the private images (also
+    ``template-attack``'s)."""
+
+    max_calibration_images: int = Field(2000, ge=2, le=50000,
+                                        description="private images used to calibrate the threshold")
+    seed: int = Field(0, ge=0, description="seed of the calibration subset")
+    batch_size: int = Field(512, ge=1, le=65536, description="images per recognition-model forward pass")
+
+
 class TemplateInversion(Metric):
     name = "template"
     needs = frozenset({"eval", "private"})
@@ -69,12 +79,8 @@ class TemplateInversion(Metric):
     higher_is_better = {"template_cos": True, "sar": True}
     summary = "Template inversion: cosine to the target template, success attack rate at a calibrated FMR."
 
-    class Config(ComponentConfig):
+    class Config(CalibrationConfig):
         fmr: float = Field(1e-3, gt=0.0, lt=1.0, description="false-match rate of the decision threshold")
-        max_calibration_images: int = Field(2000, ge=2, le=50000,
-                                            description="private images used to calibrate the threshold")
-        seed: int = Field(0, ge=0, description="seed of the calibration subset")
-        batch_size: int = Field(512, ge=1, le=65536, description="images per recognition-model forward pass")
 
     def __init__(self, ctx: MetricContext, config=None) -> None:  # noqa: ANN001
         self.targets = AlignedExtra(ctx, "templates")

@@ -36,15 +36,13 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import Field
 from torch import Tensor
 
 from invertkit.core.errors import ShapeError, UsageError
 from invertkit.core.hookspecs import hookimpl
-from invertkit.core.interfaces.config import ComponentConfig
 from invertkit.core.interfaces.metric import Metric, MetricContext
 from invertkit.core.metrics import AlignedExtra, GaussianStats, check_labels, features, frechet_distance
-from invertkit.plugins.metrics.template import _unit, calibrate
+from invertkit.plugins.metrics.template import CalibrationConfig, _unit, calibrate
 
 FMRS = (1e-3, 1e-2)
 
@@ -97,11 +95,7 @@ class TemplateAttack(Metric):
     summary = ("Template inversion: cosine/L2 to the leaked template, SAR type I/II at FMR 1e-3 and 1e-2, transfer "
                "SAR on a second recogniser, Fréchet distance to the source images.")
 
-    class Config(ComponentConfig):
-        max_calibration_images: int = Field(2000, ge=2, le=50000,
-                                            description="private images used to calibrate each threshold")
-        seed: int = Field(0, ge=0, description="seed of the calibration subset")
-        batch_size: int = Field(512, ge=1, le=65536, description="images per recognition-model forward pass")
+    Config = CalibrationConfig
 
     def __init__(self, ctx: MetricContext, config=None) -> None:  # noqa: ANN001
         self.targets = AlignedExtra(ctx, "templates")
