@@ -63,6 +63,7 @@ from invertkit.core.errors import ConfigError, ShapeError, UsageError
 from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.config import ComponentConfig
 from invertkit.core.interfaces.prior import Prior, PriorBuilder
+from invertkit.plugins.priors.plg_cgan import prior_labels
 from invertkit.plugins.priors.wgan_gp import freeze
 
 __all__ = [
@@ -451,7 +452,6 @@ def edm_sample(denoiser: EDMDenoiser, noise: Tensor, cond: Tensor | None = None,
     t_steps = karras_sigmas(steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, device=noise.device)
     if denoiser.cond_kind != "none":
         cond = denoiser.check_condition(cond, len(noise))
-    guided = guidance != 1.0 and denoiser.cond_kind != "none"
 
     def evaluate(x: Tensor, sigma: Tensor, i: int) -> Tensor:
         d = guided_denoise(denoiser, x.to(noise.dtype), sigma.to(noise.dtype), cond, guidance).to(torch.float64)
@@ -504,17 +504,7 @@ class EDMPrior(Prior):
         return self.denoiser.device
 
     def _labels(self, n: int, labels: Tensor | None) -> Tensor | None:
-        if not self.conditional:
-            return None
-        if labels is None:
-            return torch.arange(n, device=self.device) % self.num_classes
-        labels = torch.as_tensor(labels).to(self.device).long().reshape(-1)
-        if len(labels) != n:
-            raise ShapeError(f"prior '{self.name}': {n} latents but {len(labels)} labels")
-        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise UsageError(f"prior '{self.name}': labels must be classes in [0, {self.num_classes}), "
-                             f"got {int(labels.min())}..{int(labels.max())}")
-        return labels
+        return prior_labels(self, n, labels) if self.conditional else None
 
     def decode(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         if z.dim() != 4 or tuple(z.shape[1:]) != self.latent_shape:
@@ -535,7 +525,7 @@ class EDMBuilder(PriorBuilder):
         layers_per_block: int = Field(4, ge=1, description="residual blocks per level (paper: 4)")
         attention: list[int] = Field([16], description="resolutions with self-attention (paper: 16)")
         dropout: float = Field(0.13, ge=0, lt=1, description="dropout in the residual blocks (paper, CIFAR-10: 0.13)")
-        steps: int = Field(200_000, ge=1, description="optimiser steps (paper: 200 Mimg at batch 512, about 390k steps)")
+        steps: int = Field(390_625, ge=1, description="optimiser steps (paper, CIFAR-10: 200 Mimg at batch 512 = 390,625 steps)")
         batch_size: int = Field(512, ge=1, description="batch size (paper: 512)")
         lr: float = Field(1e-3, gt=0, description="Adam learning rate (paper, CIFAR-10: 1e-3)")
         lr_rampup_images: float = Field(10_000_000, ge=0, description="images over which the lr ramps up linearly (official: 10 M)")

@@ -151,6 +151,22 @@ class ProjectionDiscriminator(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------- prior
+def prior_labels(prior: Prior, n: int, labels: Tensor | None) -> Tensor:
+    """The labels a conditional prior (with ``num_classes``) decodes ``n`` latents with: ``labels`` checked (one
+    per latent, target classes in ``[0, num_classes)``) and moved to the prior's device, or latent ``i`` as class
+    ``i mod K`` when ``labels`` is None. Shared by the conditional priors (plg-cgan, edm)."""
+    k = int(prior.num_classes)  # type: ignore[attr-defined]
+    if labels is None:
+        return torch.arange(n, device=prior.device) % k
+    labels = torch.as_tensor(labels).to(prior.device).long().reshape(-1)
+    if len(labels) != n:
+        raise ShapeError(f"prior '{prior.name}': {n} latents but {len(labels)} labels")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= k):
+        raise UsageError(f"prior '{prior.name}': labels must be target classes in [0, {k}), "
+                         f"got {int(labels.min())}..{int(labels.max())}")
+    return labels
+
+
 class PLGPrior(GeneratorPrior):
     """PLG-MI's conditional generator: ``decode(z, labels)`` draws class ``labels`` (target classes).
 
@@ -167,15 +183,7 @@ class PLGPrior(GeneratorPrior):
         self.num_classes = discriminator.num_classes
 
     def _labels(self, n: int, labels: Tensor | None) -> Tensor:
-        if labels is None:
-            return torch.arange(n, device=self.device) % self.num_classes
-        labels = torch.as_tensor(labels).to(self.device).long().reshape(-1)
-        if len(labels) != n:
-            raise ShapeError(f"prior '{self.name}': {n} latents but {len(labels)} labels")
-        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise UsageError(f"prior '{self.name}': labels must be target classes in [0, {self.num_classes}), "
-                             f"got {int(labels.min())}..{int(labels.max())}")
-        return labels
+        return prior_labels(self, n, labels)
 
     def decode(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         return self.generator(self.check_latent(z), self._labels(len(z), labels))
