@@ -208,7 +208,7 @@ class FaceSwapMIA(Attack):
         if self.config.input == "random":
             return public[torch.randint(len(public), (len(labels),), generator=generator)]
         with torch.no_grad():  # one query per public image
-            probs = torch.cat([target.probs(public[s]).cpu() for s in batched(len(public), 512)])
+            probs = torch.cat([target.logits(public[s]).softmax(1).cpu() for s in batched(len(public), 512)])
         picks = torch.empty(len(labels), dtype=torch.long)
         for y in labels.unique():
             rows = (labels == y).nonzero().squeeze(1)
@@ -283,9 +283,10 @@ class FaceSwapMIA(Attack):
         confidence = torch.exp(-loss).cpu()
         success = confidence >= cfg.tau * (1 - 1e-6)
         # gradient steps used: a sample that reached tau was evaluated ``ran`` times, the last one at tau
-        used = torch.where(success, ran.cpu() - 1, ran.cpu()).clamp_min(0).float()
-        extras = {"tau": cfg.tau, "success_rate_at_tau": float(success.float().mean()) if len(success) else 0.0,
-                  "iterations_mean": float(used.mean()) if len(used) else 0.0,
+        used = torch.where(success, ran.cpu() - 1, ran.cpu()).clamp_min(0)
+        count = max(1, len(used))
+        extras = {"tau": cfg.tau, "success_rate_at_tau": int(success.sum()) / count,
+                  "iterations_mean": int(used.sum()) / count,
                   "iterations_max": int(used.max()) if len(used) else 0,
                   "confidence_mean": float(confidence.mean()) if len(confidence) else 0.0,
                   "finetune_queries": q1 - q0, "input_queries": q2 - q1, "search_queries": target.queries - q2,
