@@ -229,3 +229,17 @@ def test_label_counts_of_a_batch_come_from_the_bias_gradient(setup) -> None:  # 
     true = torch.bincount(y[idx], minlength=5)
     est = torch.bincount(got, minlength=5)
     assert int((true - est).abs().sum()) <= 4  # at most two labels misplaced out of eight
+
+
+@pytest.mark.slow
+def test_a_local_defense_trains_every_client_in_its_own_layout(setup) -> None:  # noqa: ANN001
+    """MID applied by each client: the federation's models are MID's (a variational bottleneck), trained by the
+    defense's own loss on each shard from the global model, and the federation still learns."""
+    _, plugins, scenario = setup
+    cfg = fed.FedConfig(clients=3, rounds=2, local_defense="mid")
+    run = fed.federation(scenario, plugins, cfg)
+    glob = run.network("global", 2)
+    assert type(glob).__name__ == "VIBClassifier"
+    assert run.meta["global_acc"]["2"] > run.meta["global_acc"]["0"] + 0.1
+    with pytest.raises(UsageError, match="not a training-time defense"):
+        fed.federation(scenario, plugins, fed.FedConfig(clients=3, rounds=1, local_defense="rounding"))

@@ -23,7 +23,11 @@ Defenses of the federation (options of the configuration, so each is its own set
   server's strategy only ever receives the masked sum, so no client's upload exists to be attacked — those
   views are withheld (the bench skips them with the reason); the aggregate remains.
 - a client's training-time defense (BiDO, MID, NLS, DP-SGD, ...: ``local_defense``): each client trains its
-  round with the defense's own ``train`` on its own shard, starting from the global model.
+  round with the defense's own ``train`` (its loss, optimiser and ``local_epochs``) on its own shard, starting
+  from the global model; the federation's networks take the defense's layout (MID's bottleneck, DP-SGD's
+  GroupNorm). DP-SGD's epsilon is then per client and round (record-level, its own accountant); over the
+  rounds it composes. The bench's own training-time defenses would retrain centrally, so a federated target
+  refuses them (the plan says to use ``local_defense``).
 
 Views (a target entry's ``view``): ``server:client-K@round-R`` (the server, white-box on client K's upload
 of round R), ``server:global@round-R`` (the server's aggregate; under DP-FedAvg before its noise),
@@ -182,6 +186,8 @@ class ClientTask:
     cfg: FedConfig
     recipe: Any
     split: Any
+    #: the preset's architecture, untrained (a local defense's ``new_model``; ``template`` is its layout)
+    base: nn.Module | None = None
 
     def local_train(self, k: int, state: dict[str, Tensor], server_round: int) -> nn.Module:
         net = copy.deepcopy(self.template)
@@ -213,14 +219,20 @@ class ClientTask:
         from invertkit.core.interfaces.defense import DefenseContext
         from invertkit.core.plugins import load_plugins
 
-        plugins = load_plugins()
-        defense = plugins.get("defense", self.cfg.local_defense)(self.cfg.local_defense_options)
+        defense = local_defense(load_plugins(), self.cfg)
         recipe = self.recipe.model_copy(update={"epochs": self.cfg.local_epochs,
                                                 "batch_size": self.cfg.batch_size or self.recipe.batch_size})
         data = replace(self.split, private_train=self.shards[k])
-        ctx = DefenseContext(seed=seed, data=data, recipe=recipe, new_model=lambda: copy.deepcopy(net),
-                             cached=lambda _key, train, _build=None: train(),
-                             extras={"target_net": net})
+        ctx = DefenseContext(seed=seed, data=data, recipe=recipe, new_model=lambda: copy.deepcopy(self.base),
+                             cached=lambda _key, train, _build=None: train(), extras={"target_net": net})
+        own_build = defense.build
+
+        def from_global(c: DefenseContext) -> nn.Module:  # the defense's layout, holding the global weights
+            fresh = own_build(c)
+            fresh.load_state_dict(net.state_dict())
+            return fresh
+
+        defense.build = from_global  # type: ignore[method-assign]
         trained = defense.train(ctx)
         if set(trained.state_dict()) != set(net.state_dict()):
             raise UsageError(f"local defense '{self.cfg.local_defense}' changes the network's layout; FedAvg needs "
@@ -253,11 +265,28 @@ def federation_dir() -> Path:
     return d
 
 
-def build_template(scenario: Any, plugins: Any, cfg: FedConfig) -> nn.Module:
+def local_defense(plugins: Any, cfg: FedConfig) -> Any:
+    defense = plugins.get("defense", cfg.local_defense)(cfg.local_defense_options)
+    if getattr(defense, "kind", "output") != "training" or not callable(getattr(defense, "train", None)):
+        raise UsageError(f"local_defense '{cfg.local_defense}' is not a training-time defense: a client applies "
+                         "one while it trains (an output defense filters an API: put it in the bench's defenses)")
+    return defense
+
+
+def build_template(scenario: Any, plugins: Any, cfg: FedConfig) -> tuple[nn.Module, nn.Module]:
+    """The initial global model (the local defense's layout, e.g. MID's bottleneck or DP-SGD's GroupNorm, else
+    the preset's architecture) and an untrained network of the preset's architecture."""
+    from invertkit.core.interfaces.defense import DefenseContext
     from invertkit.core.zoo.preset_models import build_arch
 
     torch.manual_seed(cfg.seed)
-    return build_arch(plugins, scenario.preset.target, scenario.num_classes, scenario.image_shape).eval()
+    base = build_arch(plugins, scenario.preset.target, scenario.num_classes, scenario.image_shape)
+    if cfg.local_defense is None:
+        return base, base
+    ctx = DefenseContext(seed=cfg.seed, data=scenario.split, recipe=scenario.preset.target,
+                         new_model=lambda: copy.deepcopy(base))
+    torch.manual_seed(cfg.seed)
+    return local_defense(plugins, cfg).build(ctx).eval(), base
 
 
 def federation(scenario: Any, plugins: Any, cfg: FedConfig) -> Federation:
@@ -269,12 +298,12 @@ def federation(scenario: Any, plugins: Any, cfg: FedConfig) -> Federation:
     key = content_key({"v": VERSION, "cfg": cfg.model_dump(mode="json"), "data": scenario.keys.get("data"),
                        "recipe": scenario.preset.target.model_dump(mode="json")})
     root = federation_dir() / key
-    template = build_template(scenario, plugins, cfg)
+    template, base = build_template(scenario, plugins, cfg)
     with entry_lock(root.with_suffix(".dir"), f"the federation {key}"):
         meta_path = root / "meta.json"
         if not meta_path.is_file():
             root.mkdir(parents=True, exist_ok=True)
-            meta = run_federation(scenario, cfg, template, root)
+            meta = run_federation(scenario, cfg, template, root, base)
             atomic_write_json(meta_path, meta)
     return Federation(root, json.loads(meta_path.read_text()), template)
 
@@ -283,7 +312,8 @@ def _state(net: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
 
 
-def run_federation(scenario: Any, cfg: FedConfig, template: nn.Module, root: Path) -> dict[str, Any]:
+def run_federation(scenario: Any, cfg: FedConfig, template: nn.Module, root: Path,
+                   base: nn.Module | None = None) -> dict[str, Any]:
     """Run FedAvg through Flower's simulation engine and save every model the views name; returns the record
     (global accuracy per round, clients' identities, epsilon, Flower's own counts)."""
     try:
@@ -293,7 +323,7 @@ def run_federation(scenario: Any, cfg: FedConfig, template: nn.Module, root: Pat
     x, y = scenario.split.private_train
     parts = partition(y, cfg)
     task = ClientTask(template=template, shards=[(x[p], y[p]) for p in parts], cfg=cfg, recipe=scenario.preset.target,
-                      split=scenario.split)
+                      split=scenario.split, base=base if base is not None else template)
     test = scenario.split.private_test
     record: dict[str, Any] = {"clients": cfg.clients, "rounds": cfg.rounds,
                               "client_identities": client_identities(y, parts),
