@@ -349,3 +349,22 @@ def test_train_prior_through_the_cli_caches_and_reloads(plugins, tiny_catalog, m
     z = prior.sample_latent(3, torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(prior.decode(z), sc.prior.decode(z))
+
+
+def test_a_latent_search_attack_runs_through_the_edm_prior(tmp_path) -> None:  # noqa: ANN001
+    """GMI optimises the EDM prior's initial noise through the (differentiable) sampler, end to end."""
+    from click.testing import CliRunner
+
+    from invertkit.cli import cli
+
+    from conftest import tiny_registry_with  # noqa: E402
+
+    registry = tiny_registry_with(tmp_path, """
+        [targets.tiny-cnn-edm]
+        summary = "tiny digits CNN, white-box, with the tiny EDM prior"
+        preset = "digits-edm-tiny"
+        """)
+    out = CliRunner().invoke(cli, ["run", "-a", "gmi", "-t", "tiny-cnn-edm", "--registry", str(registry),
+                                   "--samples", "2", "-o", "iterations=5"])
+    assert out.exit_code == 0, out.output
+    assert "gmi x none x tiny-cnn-edm: acc@1=" in out.stdout
