@@ -127,10 +127,18 @@ def test_tia_beats_random_prior_on_the_tiny_embedder(bench_records: dict) -> Non
     assert tia["samples"] == base["samples"] == 5 * 3  # one reconstruction per leaked template
 
 
+def test_the_gmi_style_baseline_runs_white_box_only_and_beats_the_prior(bench_records: dict) -> None:
+    gmi, base = bench_records["gmi-template", "none"], bench_records["random-prior", "none"]
+    assert gmi["status"] == "ok", gmi
+    assert gmi["metrics"]["tia_cos"] > base["metrics"]["tia_cos"] + 0.25
+    assert gmi["metrics"]["sar1@1e-3"] > base["metrics"]["sar1@1e-3"]
+
+
 def test_secure_storage_skips_the_template_attack_with_the_reason(bench_records: dict) -> None:
-    skipped = bench_records["tia-diffusion", "secure-storage"]
-    assert skipped["status"] == "skipped"
-    assert "never releases the templates" in skipped["reason"] and "secure storage" in skipped["reason"]
+    for attack in ("tia-diffusion", "gmi-template"):
+        skipped = bench_records[attack, "secure-storage"]
+        assert skipped["status"] == "skipped"
+        assert "never releases the templates" in skipped["reason"] and "secure storage" in skipped["reason"]
     assert bench_records["random-prior", "secure-storage"]["status"] == "ok"  # the baseline needs no template
 
 
