@@ -94,6 +94,9 @@ samples_per_identity = {args.samples}
     plugins = get_plugins()
     scenario = build_scenario(args.preset, catalog, plugins)
     plan = make_plan(catalog, plugins, matrix="fed-sweep", options=opts)
+    # the API attack where only an API is held (the outsider); the white-box attack on every other view
+    plan.cells = [c for c in plan.cells if c.attack != args.api_attack or c.target.endswith(tuple(
+        f"outsider-r{r['round']}" for r in rows))]
     t0 = time.perf_counter()
     outcomes = run_bench(plan, catalog, plugins)
     by_target = {r["target"]: r for r in rows}
@@ -164,6 +167,38 @@ def reconstruction(args: argparse.Namespace) -> list[dict[str, Any]]:
     return out
 
 
+def _f(v: Any, digits: int = 3) -> str:
+    return "–" if v is None or v != v else f"{v:.{digits}f}"
+
+
+def render(result: dict[str, Any]) -> str:
+    """The tables of ``federated.json`` as Markdown (benchmarks/RESULTS.md)."""
+    lines: list[str] = []
+    rows = result.get("class_level") or []
+    if rows:
+        ids = next((r["client_identities"] for r in rows if r.get("client_identities")), [])
+        heads = " | ".join(f"acc@1 client {k} ids {v}" for k, v in enumerate(ids))
+        lines += [f"| federation | view | round | attack | acc@1 (all ids) | {heads} | model's acc | global acc | ε |",
+                  "|" + "---|" * (8 + len(ids))]
+        for r in rows:
+            per = r.get("acc@1_per_client") or [None] * len(ids)
+            if r["status"] != "ok":
+                lines.append(f"| {r['federation']} | {r['view']} | {r['round']} | {r['attack']} | skipped: "
+                             f"{r['reason'][:90]} |" + " |" * (len(ids) + 3))
+                continue
+            lines.append(f"| {r['federation']} | {r['view']} | {r['round']} | {r['attack']} | {_f(r['acc@1'])} | "
+                         + " | ".join(_f(v) for v in per)
+                         + f" | {_f(r['natural_acc'])} | {_f(r['global_acc'])} | {_f(r.get('epsilon'), 2)} |")
+    rec = result.get("reconstruction") or []
+    if rec:
+        lines += ["", "| batch size | method | PSNR (dB) | SSIM | LPIPS | labels right | seconds |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in rec:
+            lines.append(f"| {r['batch_size']} | {r['method']} | {_f(r['psnr'], 1)} | {_f(r['ssim'])} | "
+                         f"{_f(r.get('lpips'))} | {r.get('labels_right', '–')} | {r.get('seconds', '–')} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     from invertkit.core.threads import apply_threads
 
@@ -193,7 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.skip != "class-level":
         result["class_level"] = class_level(args)
     (args.out / "federated.json").write_text(json.dumps(result, indent=1, default=str))
-    print(args.out / "federated.json")
+    (args.out / "federated.md").write_text(render(result))
+    print(args.out / "federated.md")
 
 
 if __name__ == "__main__":
