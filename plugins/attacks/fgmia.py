@@ -81,6 +81,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from invertkit.core import progress
 from invertkit.core.errors import CapabilityError, ConfigError, ShapeError
 from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.attack import Attack, AttackConfig
@@ -272,12 +273,19 @@ class FGMIA(Attack):
             model = build()
             model.fit_statistics(conds)
             model.anchors.copy_(anchors)
-            with amp(target.device):
+            with amp(target.device), progress.task(f"FGMIA: training the {cfg.condition}-conditioned EDM",
+                                                   total=cfg.train_steps) as bar:
+                done = [0]
+
+                def tick(step: int, steps: int, loss: float) -> None:
+                    bar.advance(step - done[0], info=f"loss {loss:.4f}")
+                    done[0] = step
+
                 ema, _facts = edm.train_denoiser(model.denoiser, images, model.standardise(conds),
                                                  steps=cfg.train_steps, batch_size=cfg.train_batch_size, lr=cfg.lr,
                                                  lr_rampup_images=cfg.lr_rampup_images,
                                                  ema_halflife_images=cfg.ema_halflife_images,
-                                                 cond_drop=cfg.cond_drop, seed=cfg.train_seed)
+                                                 cond_drop=cfg.cond_drop, seed=cfg.train_seed, progress=tick)
             model.denoiser = ema
             return model.eval()
 
