@@ -243,3 +243,26 @@ def test_a_local_defense_trains_every_client_in_its_own_layout(setup) -> None:  
     assert run.meta["global_acc"]["2"] > run.meta["global_acc"]["0"] + 0.1
     with pytest.raises(UsageError, match="not a training-time defense"):
         fed.federation(scenario, plugins, fed.FedConfig(clients=3, rounds=1, local_defense="rounding"))
+
+
+@pytest.mark.slow
+def test_dp_fedavg_runs_flowers_wrapper_and_adds_the_accountants_noise(setup) -> None:  # noqa: ANN001
+    """Under DP-FedAvg the participant's global model is the server's clipped average plus Gaussian noise of
+    standard deviation noise_multiplier x clip / clients, the multiplier being the accountant's."""
+    _, plugins, scenario = setup
+    cfg = fed.FedConfig(clients=3, rounds=1, dp_epsilon=8.0)
+    run = fed.federation(scenario, plugins, cfg)
+    assert run.meta["flower"]["strategy"] == "DifferentialPrivacyServerSideFixedClipping(FedAvg)"
+    assert run.meta["flower"]["train_replies"] == 3
+    z = run.meta["dp"]["noise_multiplier"]
+    assert abs(run.meta["dp"]["epsilon"]["1"] - 8.0) < 0.5
+    server, released = run.network("server", 1).state_dict(), run.network("global", 1).state_dict()
+    noise = torch.cat([(released[k] - server[k]).flatten() for k in server if server[k].is_floating_point()])
+    expected = z * cfg.dp_clip / cfg.clients
+    assert 0.9 * expected < float(noise.std()) < 1.1 * expected
+    # the server's view of the aggregate is the clean one; the participant holds the noisy release
+    from invertkit.plugins.targets.federated import parse_view, view_network
+
+    a = view_network(run, cfg, parse_view("server:global@round-1")).state_dict()
+    b = view_network(run, cfg, parse_view("participant:global@round-1")).state_dict()
+    assert all(torch.equal(a[k], server[k]) for k in a) and any(not torch.equal(b[k], a[k]) for k in a)
