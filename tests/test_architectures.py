@@ -117,6 +117,7 @@ FEATURE_DIMS = {
     "vgg16-64": 2048, "ir152-64": 512, "facenet64": 512, "facenet": 512,
     "lomma-efficientnet-b0": 1280, "lomma-efficientnet-b1": 1280, "lomma-efficientnet-b2": 1408,
     **{f"iresnet{d}-{loss}": 512 for d in (18, 34, 50, 100) for loss in ("arcface", "cosface")},
+    "small-arcface": 64, "small-cosface": 64,
     "efficientnet-b0": 1280, "efficientnet-b1": 1280, "efficientnet-b2": 1408,
     "resnet18": 512, "resnet50": 2048, "resnet152": 2048,
 }
@@ -128,7 +129,7 @@ def test_every_architecture_builds_with_a_feature_head_split() -> None:
         with torch.device("meta"):  # shapes only: no memory, no initialisation cost
             net = factory(CELEBA_CLASSES, (3, 112, 112) if "iresnet" in name else (3, 64, 64))
         assert callable(net.features) and callable(net.head), name
-        classifier = net.margin if "iresnet" in name else net.get_classifier() if name in timm_nets.MODELS else net.fc_layer
+        classifier = net.margin if name.startswith(("iresnet", "small-")) else net.get_classifier() if name in timm_nets.MODELS else net.fc_layer
         assert tuple(classifier.weight.shape) == (CELEBA_CLASSES, FEATURE_DIMS[name]), name
         assert split_classifier(net) is not None, name
 
