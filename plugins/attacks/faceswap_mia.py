@@ -36,6 +36,9 @@ samples whose target confidence reached ``tau``), ``iterations_mean``/``iteratio
 0 where the first generation already reached ``tau``), ``confidence_mean`` and the fine-tuning's figures; the
 bench records them under ``attack_facts``.
 
+A query budget: the search is the shared loop's, so it ends at the target's refusal with what it has
+(``budget_exhausted`` in the extras); a refusal during the fine-tuning (which needs its queries in full) is raised.
+
 Choices the report leaves open (our defaults, all options): ``tau = 0.9``, ``max_iterations = 100``, ``lr =
 0.05``, ``search = "code"``, ``tune = ["inter"]``, ``tune_epochs = 20``, ``tune_lr = 1e-3``, ``tune_batch_size =
 64``. The prior is trained here from ``prior`` (``faceswap-ae`` options, faceswap's defaults unless given) on the
