@@ -21,7 +21,9 @@ HEADLINES = (("acc@1", "attack acc@1 (evaluation model)"),
              ("adversarial_rate", "adversarial rate (accepted by the evaluation model, rejected by the judge)"),
              ("nn_pixel_acc", "nearest private training image (pixel space) is the attacked identity"),
              ("attr_acc", "sensitive-attribute accuracy (attribute inference on records)"),
-             ("attr_f1", "sensitive-attribute macro F1 (attribute inference on records)"))
+             ("attr_f1", "sensitive-attribute macro F1 (attribute inference on records)"),
+             ("sar1@1e-3", "success attack rate at FMR 1e-3, type I (template inversion)"),
+             ("transfer_sar1@1e-3", "transfer SAR at FMR 1e-3 on the second recogniser (template inversion)"))
 
 
 def fmt(v: Any, key: str = "") -> str:

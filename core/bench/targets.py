@@ -35,12 +35,16 @@ def target_scenario(catalog: Catalog, plugins: Plugins, name: str) -> Scenario:
 def load_target(catalog: Catalog, plugins: Plugins, name: str) -> tuple[TargetModel, Scenario]:
     spec = catalog.target(name)
     scenario = target_scenario(catalog, plugins, name)
+    backend = plugins.get("backend", spec.backend)()
     if spec.view is not None:  # another model of the preset's scenario: what attacks derive from it is its own
         from dataclasses import replace
 
-        own = content_key({"of": scenario.keys.get("target"), "view": spec.view, "options": spec.backend_options})
+        # what the view's model is made of, as its backend keys it (a federation's run): a change to it is a
+        # new key for every cached cell and derived model of the view
+        made_of = backend.view_key(spec, scenario) if hasattr(backend, "view_key") else None
+        own = content_key({"of": scenario.keys.get("target"), "view": spec.view, "options": spec.backend_options,
+                           "made_of": made_of})
         scenario = replace(scenario, keys={**scenario.keys, "target": own})
-    backend = plugins.get("backend", spec.backend)()
     target = backend.load(spec, scenario, plugins)
     target.name = name
     if spec.access == "top-k":
