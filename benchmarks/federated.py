@@ -118,6 +118,8 @@ samples_per_identity = {args.samples}
                "global_acc": run.meta["global_acc"].get(str(rnd)), "client_identities": run.meta["client_identities"],
                "epsilon": (run.meta.get("dp") or {}).get("epsilon", {}).get(str(rnd)),
                "flower": run.meta.get("flower")}
+        if rec["attack"] == "random-prior":
+            res.update(federation="baseline", view="prior samples", round="–", global_acc=None, natural_acc=None)
         if rec["status"] == "ok" and out.images is not None:
             res["acc@1_per_client"] = client_breakdown(out.images, out.labels, scenario.eval_net.eval(),
                                                        run.meta["client_identities"])

@@ -37,7 +37,9 @@ of round R), ``server:global@round-R`` (the server's aggregate; under DP-FedAvg 
 
 Deliberate differences from the references: local training is plain SGD with the preset's batch size (no
 momentum, no schedule), and a client trains with its local defense's optimiser where it has one; DP-FedAvg
-clips every array of the state (BatchNorm statistics included), as Flower's wrapper does.
+clips and noises every array of the state, as Flower's wrapper does, so under DP-FedAvg the architecture has
+no data-dependent buffers: its BatchNorm layers become GroupNorm (Opacus's ``ModuleValidator.fix``, as for
+DP-SGD; a noised BatchNorm running variance goes negative and the model's outputs non-finite).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ from invertkit.core.interfaces.target import TargetBackend, TargetModel, TorchTa
 from invertkit.core.zoo.train import accuracy, cross_entropy, fit
 
 #: bump when the federation's procedure changes: cached federations are run again
-VERSION = 1
+VERSION = 2
 
 
 class FedConfig(ComponentConfig):
@@ -281,6 +283,10 @@ def build_template(scenario: Any, plugins: Any, cfg: FedConfig) -> tuple[nn.Modu
 
     torch.manual_seed(cfg.seed)
     base = build_arch(plugins, scenario.preset.target, scenario.num_classes, scenario.image_shape)
+    if cfg.dp_epsilon is not None:  # no data-dependent buffers under DP-FedAvg: BatchNorm becomes GroupNorm
+        from opacus.validators import ModuleValidator
+
+        base = ModuleValidator.fix(base)
     if cfg.local_defense is None:
         return base, base
     ctx = DefenseContext(seed=cfg.seed, data=scenario.split, recipe=scenario.preset.target,
@@ -289,14 +295,19 @@ def build_template(scenario: Any, plugins: Any, cfg: FedConfig) -> tuple[nn.Modu
     return local_defense(plugins, cfg).build(ctx).eval(), base
 
 
+def federation_key(scenario: Any, cfg: FedConfig) -> str:
+    """The content key of a federation: the procedure's version, its configuration, the data and the recipe."""
+    return content_key({"v": VERSION, "cfg": cfg.model_dump(mode="json"), "data": scenario.keys.get("data"),
+                        "recipe": scenario.preset.target.model_dump(mode="json")})
+
+
 def federation(scenario: Any, plugins: Any, cfg: FedConfig) -> Federation:
     """The federation ``cfg`` over ``scenario``'s private data: run through Flower once per content key, under
     a lock, and kept in the cache (``federated/<key>/``; ``meta.json`` written last marks it finished)."""
     if scenario.preset is None:
         raise UsageError(f"target '{scenario.name}' is a model the user brings: a federation trains the preset's "
                          "architecture, so it needs a preset")
-    key = content_key({"v": VERSION, "cfg": cfg.model_dump(mode="json"), "data": scenario.keys.get("data"),
-                       "recipe": scenario.preset.target.model_dump(mode="json")})
+    key = federation_key(scenario, cfg)
     root = federation_dir() / key
     template, base = build_template(scenario, plugins, cfg)
     with entry_lock(root.with_suffix(".dir"), f"the federation {key}"):
@@ -528,6 +539,11 @@ class FederatedBackend(TargetBackend):
             return (f"'{defense.name}' would retrain the model centrally; in a federation each client applies a "
                     f"training-time defense locally: give the target backend_options.local_defense = '{defense.name}'")
         return ""
+
+    @staticmethod
+    def view_key(spec, scenario) -> str:  # noqa: ANN001
+        """What a view's model is made of: its federation's content key."""
+        return federation_key(scenario, fed_config(spec))
 
     def load(self, spec, scenario, plugins) -> TargetModel:  # noqa: ANN001
         view, cfg = parse_view(spec.view), fed_config(spec)
