@@ -4,11 +4,13 @@ The threat model of template inversion (Mai et al., "On the Reconstruction of Fa
 Templates", TPAMI 2019, https://arxiv.org/abs/1703.00832): a recognition system stores templates ``t = F(x)``
 and accepts a probe whose similarity to a stored template exceeds its threshold; the attacker holds leaked
 templates (``context.extras["templates"]``, set by the bench: never the images) and rebuilds faces that unlock
-them. The generator follows the identity-conditioned diffusion of Kansy et al., "Controllable Inversion of
-Black-Box Face Recognition Models via Diffusion" (ICCV-W 2023, https://arxiv.org/abs/2303.13006): a denoiser
-conditioned on the template, trained on public images and the templates the target gives them, sampled with
-the template's identity steering each step, best of ``n`` kept. The denoiser, its preconditioning, training
-loop and sampler are EDM's (Karras et al., NeurIPS 2022, https://arxiv.org/abs/2206.00364;
+them. Stage 1 is the identity-conditioned diffusion of Kansy et al., "Controllable Inversion of Black-Box Face
+Recognition Models via Diffusion" (ID3PM, ICCV-W 2023, https://arxiv.org/abs/2303.13006): a denoiser
+conditioned on the template, trained with the plain conditional diffusion loss (no identity loss) on public
+images and the templates the black-box model gives them. Stage 2 (the identity loss on key layers), the
+feature-gap guidance of each sampling step and the best-of-``n`` selection are this module's additions, as
+issue 14 specifies them; they are options (``stage2``, ``guidance``, ``n``). The denoiser, its
+preconditioning, training loop and sampler are EDM's (Karras et al., NeurIPS 2022, https://arxiv.org/abs/2206.00364;
 :mod:`invertkit.plugins.priors.edm`, which follows https://github.com/NVlabs/edm).
 
 * **Stage 1** (pixel loss): ``f_θ(x0 + σε, y, σ)`` the EDM denoiser with a vector condition ``y = F(x0)``
@@ -35,12 +37,13 @@ is a stopping rule: guidance stops at the refusal and selection falls back to th
 templates are what the budget allowed (at least ``2 x batch_size`` of them, else the refusal propagates); a
 refused selection keeps the first candidate with score 0.
 
-Deliberate differences (no official code implements this two-stage recipe; the choices are ours and are
-options): the CPU-sized UNet (``width`` 32, multipliers (1, 2), one block per level); step counts sized for
-CPUs (``stage1_steps`` 1500, ``stage2_steps`` 300, batch 64, lr 1e-3 without ramp-up, EMA half-life 5,000
-images); ``λ_id`` = 1 on the per-entry mean; guidance is the normalised-gradient step on ``x̂0`` (Kansy et al.
-guide with the identity loss's gradient too, at a fixed scale); 18 sampling steps and ``n`` = 4 by default.
-The BioHash stolen-key projection is not used: the attack learns whatever the system releases.
+Deliberate differences (no code we could read implements this two-stage recipe; the choices are ours, and
+options): the template enters through a learned projection added to the time embedding (the EDM module's
+``cond_mode = "add"``); the CPU-sized UNet (``width`` 32, multipliers (1, 2), one block per level); step counts
+sized for CPUs (``stage1_steps`` 1500, ``stage2_steps`` 300, batch 64, lr 1e-3 without ramp-up, EMA half-life
+5,000 images); ``λ_id`` = 1 on the per-entry mean; guidance is a normalised-gradient step on ``x̂0``; 18
+sampling steps and ``n`` = 4 by default. The BioHash stolen-key projection is not used: the attack learns
+whatever the system releases.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Template-inversion attack figures as that literature reports them: Mai et al., "On the Reconstruction of Face
 Images from Deep Face Templates" (TPAMI 2019, https://arxiv.org/abs/1703.00832; verification of reconstructions
-at a fixed false-accept rate, type I and type II) and Otroshi Shahreza and Marcel, "Face Reconstruction from
-Facial Templates by Learning Latent Space of a Generator Network" (NeurIPS 2023, https://arxiv.org/abs/2310.16848;
-the success attack rate, SAR, at the thresholds of FMR 1e-3 and 1e-2, and its transfer to another recognition
-model).
+at a fixed false-accept rate, type I and type II) and the template-inversion work of Otroshi Shahreza, George
+and Marcel (e.g. "Face Reconstruction from Face Embeddings using Adapter to a Face Foundation Model", 2024,
+https://arxiv.org/abs/2411.03960: the success attack rate, SAR, at a threshold calibrated at a false-match rate,
+and its transfer to other recognition models).
 
 Each reconstruction ``x_hat`` inverts one leaked template ``t = F(x)`` of a private image ``x`` (the bench's
 ``leaked_templates``: ``ctx.extras["templates"]`` the undefended templates, ``["template_index"]`` the rows of
@@ -87,7 +87,7 @@ class _Recogniser:
 class TemplateAttack(Metric):
     name = "template-attack"
     needs = frozenset({"private"})
-    paper = "https://arxiv.org/abs/2310.16848"
+    paper = "https://arxiv.org/abs/1703.00832"
     keys = ("tia_cos", "tia_l2", "sar1@1e-3", "sar1@1e-2", "sar2@1e-3", "sar2@1e-2", "transfer_sar1@1e-3",
             "transfer_sar2@1e-3", "fd_src", "threshold@1e-3", "threshold@1e-2")
     higher_is_better = {"tia_cos": True, "tia_l2": False, "sar1@1e-3": True, "sar1@1e-2": True, "sar2@1e-3": True,
