@@ -10,8 +10,8 @@ before anything runs, and the bench hands no ``templates`` to the attacks that d
 baseline). The recognition model itself is untouched: its access level (white-box, embedding API with a budget)
 is the target entry's, passed through unchanged.
 
-Not modelled: the encryption's cost (the paper's ~0.1 s per 512-d match at 128-bit security) and its small
-accuracy loss from quantising templates before encryption; matching here is the clear-text system's.
+Not modelled: the encryption's cost and any accuracy lost to encoding templates for encryption; matching here is
+the clear-text system's.
 """
 
 from __future__ import annotations
