@@ -19,16 +19,14 @@ cross-entropy; GMI's default ``lam = 100`` is kept.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from invertkit.core.errors import ShapeError, UsageError
 from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.attack import Attack
 from invertkit.core.interfaces.capability import Capability as C
 from invertkit.core.interfaces.results import AttackResult
 from invertkit.plugins.attacks.gan_search import GMISearch, search_latents
-from invertkit.plugins.attacks.tia_diffusion import cosine_gap
+from invertkit.plugins.attacks.tia_diffusion import cosine_gap, leaked_templates
 
 
 class GMITemplate(Attack):
@@ -43,13 +41,7 @@ class GMITemplate(Attack):
         """GMI's search (the official scripts' defaults) with the template's identity term."""
 
     def run(self, target, labels, *, prior, seed, generator) -> AttackResult:  # noqa: ANN001
-        leaked = None if self.context is None else self.context.extras.get("templates")
-        if leaked is None:
-            raise UsageError(f"attack '{self.name}' inverts leaked templates: context.extras['templates'] must hold "
-                             "one template per label (the bench sets it on an embedder target whose templates leak)")
-        leaked = torch.as_tensor(leaked).detach().float().reshape(len(leaked), -1)
-        if len(leaked) != len(labels):
-            raise ShapeError(f"attack '{self.name}': {len(labels)} labels but {len(leaked)} leaked templates")
+        leaked = leaked_templates(self, labels)
         cfg = self.config
         z0 = prior.sample_latent(len(labels), generator)
         if cfg.clip is not None:

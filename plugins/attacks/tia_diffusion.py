@@ -64,6 +64,19 @@ from invertkit.core.optim import nes_gradient
 from invertkit.plugins.priors.edm import EDMDenoiser, build_denoiser, edm_sample, train_denoiser
 
 
+def leaked_templates(attack: Attack, labels: Tensor) -> Tensor:
+    """The leaked templates a template attack inverts, ``(len(labels), D)`` on the CPU: ``context.extras
+    ["templates"]``, one per label (the bench's :func:`~invertkit.core.bench.targets.leaked_templates`)."""
+    leaked = None if attack.context is None else attack.context.extras.get("templates")
+    if leaked is None:
+        raise UsageError(f"attack '{attack.name}' inverts leaked templates: context.extras['templates'] must hold "
+                         "one template per label (the bench sets it on an embedder target whose templates leak)")
+    leaked = torch.as_tensor(leaked).detach().float().cpu().reshape(len(leaked), -1)
+    if len(leaked) != len(labels):
+        raise ShapeError(f"attack '{attack.name}': {len(labels)} labels but {len(leaked)} leaked templates")
+    return leaked
+
+
 class TemplateGenerator(nn.Module):
     """The template-conditioned denoiser with the standardisation of its condition (``mean``, ``scale``: the
     public templates' statistics, saved with the weights)."""
@@ -315,14 +328,7 @@ class TIADiffusion(Attack):
                           s_noise=cfg.s_noise, generator=generator, x0_hook=hook).cpu()
 
     def run(self, target, labels, *, prior, seed, generator) -> AttackResult:  # noqa: ANN001
-        ctx = self.context
-        leaked = None if ctx is None else ctx.extras.get("templates")
-        if leaked is None:
-            raise UsageError(f"attack '{self.name}' inverts leaked templates: context.extras['templates'] must hold "
-                             "one template per label (the bench sets it on an embedder target whose templates leak)")
-        leaked = torch.as_tensor(leaked).detach().float().cpu().reshape(len(leaked), -1)
-        if len(leaked) != len(labels):
-            raise ShapeError(f"attack '{self.name}': {len(labels)} labels but {len(leaked)} leaked templates")
+        leaked = leaked_templates(self, labels)
         image_shape = tuple(int(s) for s in target.input_shape)
         gen = self._generator(target, image_shape, leaked.shape[1], seed, generator)
         cfg = self.config
