@@ -190,3 +190,18 @@ def test_faceswap_mia_beats_the_random_prior(scenario) -> None:  # noqa: ANN001
     assert attack_acc(scenario, result) >= base_acc + 0.3, (attack_acc(scenario, result), base_acc)
     assert result.extras["success_rate_at_tau"] >= 0.8
     assert result.queries == t.queries > 0
+
+
+def test_bad_input_is_one_clear_error_before_any_query() -> None:
+    from invertkit.core.errors import ConfigError, UsageError
+
+    target = make_tiny_target(0, num_classes=4, input_shape=(1, 8, 8))
+    with pytest.raises(UsageError, match="public images"):
+        FaceSwapMIA(FAST)(target, torch.tensor([0]), seed=0)
+    with pytest.raises(UsageError, match=r"target classes in \[0, 4\)"):
+        FaceSwapMIA(FAST, context=AttackContext(public_images=public()))(target, torch.tensor([7]), seed=0)
+    with pytest.raises(UsageError, match="public images of shape"):
+        FaceSwapMIA(FAST, context=AttackContext(public_images=public(shape=(1, 6, 6))))(target, torch.tensor([0]), seed=0)
+    assert target.queries == 0
+    with pytest.raises(ConfigError, match="tune"):
+        FaceSwapMIA({"tune": ["encoder"]})
