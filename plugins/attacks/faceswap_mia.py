@@ -60,7 +60,7 @@ from torch import Tensor, nn
 from invertkit.core import losses
 from invertkit.core.errors import UsageError
 from invertkit.core.hookspecs import hookimpl
-from invertkit.core.interfaces.attack import Attack, AttackConfig
+from invertkit.core.interfaces.attack import Attack, AttackConfig, derive
 from invertkit.core.interfaces.capability import Capability as C
 from invertkit.core.interfaces.results import AttackResult
 from invertkit.core.optim import batched, optimise
@@ -199,9 +199,7 @@ class FaceSwapMIA(Attack):
                                   lr=cfg.tune_lr, loss=cfg.loss, seed=cfg.tune_seed))
             return swap
 
-        cache = getattr(self.context, "cache", None)
-        swap = train() if cache is None else cache(key, train, build, label="faceswap-mia-tuned")
-        swap.eval()
+        swap = derive(self.context, key, train, build, label="faceswap-mia-tuned")
         swap.requires_grad_(False)
         return swap, facts
 
