@@ -55,6 +55,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from invertkit.core import progress
 from invertkit.core.errors import QueryBudgetExceeded, ShapeError, UsageError
 from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.attack import Attack, AttackConfig
@@ -226,9 +227,11 @@ class TIADiffusion(Attack):
         gen = self._build(image_shape, dim)
         gen.mean.copy_(feats.mean(0))
         gen.scale.copy_(feats.std(0).clamp(min=1e-6) if len(feats) > 1 else torch.ones(dim))
-        ema, _ = train_denoiser(gen.denoiser, images, gen.condition(feats), steps=cfg.stage1_steps,
-                                batch_size=cfg.batch_size, lr=cfg.lr, ema_halflife_images=cfg.ema_halflife_images,
-                                cond_drop=cfg.cond_drop, seed=seed, lr_rampup_images=0)
+        with progress.task(f"{self.name} stage 1 on {len(images)} public images", total=cfg.stage1_steps) as t:
+            ema, _ = train_denoiser(gen.denoiser, images, gen.condition(feats), steps=cfg.stage1_steps,
+                                    batch_size=cfg.batch_size, lr=cfg.lr, ema_halflife_images=cfg.ema_halflife_images,
+                                    cond_drop=cfg.cond_drop, seed=seed, lr_rampup_images=0,
+                                    progress=progress.callback(t))
         gen.denoiser.load_state_dict(ema.state_dict())
         return gen.eval()
 
@@ -255,9 +258,12 @@ class TIADiffusion(Attack):
             # a surrogate whose gradient w.r.t. the denoiser output is the NES estimate
             return cfg.id_weight * (x01 * g.to(x01.device, x01.dtype)).sum() / len(x01)
 
-        ema, _ = train_denoiser(den, images, cond, steps=cfg.stage2_steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                                ema_halflife_images=cfg.ema_halflife_images, cond_drop=cfg.cond_drop, seed=seed + 1,
-                                extra_loss=identity_loss, params=params, lr_rampup_images=0)
+        with progress.task(f"{self.name} stage 2 ({cfg.stage2_layers} layers, identity loss)",
+                           total=cfg.stage2_steps) as t:
+            ema, _ = train_denoiser(den, images, cond, steps=cfg.stage2_steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                                    ema_halflife_images=cfg.ema_halflife_images, cond_drop=cfg.cond_drop,
+                                    seed=seed + 1, extra_loss=identity_loss, params=params, lr_rampup_images=0,
+                                    progress=progress.callback(t))
         den.load_state_dict(ema.state_dict())
         for p in den.parameters():
             p.requires_grad_(False)
