@@ -281,11 +281,12 @@ class FGMIA(Attack):
                     bar.advance(step - done[0], info=f"loss {loss:.4f}")
                     done[0] = step
 
-                ema, _facts = edm.train_denoiser(model.denoiser, images, model.standardise(conds),
+                ema, facts = edm.train_denoiser(model.denoiser, images, model.standardise(conds),
                                                  steps=cfg.train_steps, batch_size=cfg.train_batch_size, lr=cfg.lr,
                                                  lr_rampup_images=cfg.lr_rampup_images,
                                                  ema_halflife_images=cfg.ema_halflife_images,
                                                  cond_drop=cfg.cond_drop, seed=cfg.train_seed, progress=tick)
+                tick(cfg.train_steps, cfg.train_steps, float(facts["loss"]))
             model.denoiser = ema
             return model.eval()
 
