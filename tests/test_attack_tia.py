@@ -163,6 +163,27 @@ def test_the_attacker_gets_stored_templates_never_images(tiny_catalog, plugins) 
     assert leaked_templates(tiny_catalog, plugins, Cell("gmi", "none", "tiny-cnn"), sc, None, ids) is None
 
 
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                HealthCheck.function_scoped_fixture])
+@given(ids=st.lists(st.integers(0, 4), min_size=1, max_size=5, unique=True), per=st.integers(1, 4),
+       seed=st.integers(0, 1000))
+def test_leaked_templates_are_aligned_with_the_labels_and_sources(tiny_catalog, plugins, ids, per, seed) -> None:  # noqa: ANN001
+    """The bench's contract with template attacks and metrics: row i of every side is the same private image."""
+    from invertkit.core.bench.plan import Cell
+    from invertkit.core.bench.targets import evaluator_target, leaked_templates
+    from invertkit.core.zoo.scenario import build_scenario
+
+    sc = build_scenario("digits-embed-tiny", tiny_catalog, plugins)
+    cell = Cell("tia-diffusion", "none", "tiny-embedder", samples_per_identity=per, seed=seed)
+    leak = leaked_templates(tiny_catalog, plugins, cell, sc, plugins.get("defense", "none")(), torch.tensor(ids))
+    x, y = sc.split.private_train
+    index = leak.evaluator["template_index"]
+    assert len(index) == len(set(index.tolist())) == len(leak.labels) == per * len(ids)
+    assert leak.labels.tolist() == y[index].tolist() == [i for i in ids for _ in range(per)]
+    clean = evaluator_target(tiny_catalog, plugins, "tiny-embedder").features(x[index])
+    assert torch.allclose(leak.evaluator["templates"], clean) and torch.allclose(leak.attacker["templates"], clean)
+
+
 # ------------------------------------------------------------------------------------- the metric
 class Linear(nn.Module):
     def __init__(self, w: Tensor) -> None:
