@@ -57,9 +57,12 @@ schedule (:func:`vp_sigma`: ``log alpha`` interpolated linearly between the step
 Deliberate differences:
 
 * **The network** is invertkit's EDM denoiser (a diffusers UNet with EDM's preconditioning), trained with EDM's
-  loss (log-normal sigma, lr ramp-up, EMA as a half-life in images: 0.9999 per step of 150 images is a half-life
-  of 1.04 M images), not a guided-diffusion UNet trained on ``eps`` at uniform timesteps. Its width, depth and
-  attention are options (official: 128 channels, multipliers 1, 2, 3, 4, 3 blocks, attention at 16 and 8 px).
+  loss (log-normal sigma; Adam at a constant learning rate, no ramp-up, as the official AdamW without weight
+  decay; the EMA as a half-life in images: 0.9999 per step of 150 images is a half-life of 1.04 M images, EDM's
+  EMA ramp-up off unless ``ema_rampup_ratio`` is set), not a guided-diffusion UNet trained on ``eps`` at uniform
+  timesteps. Its width, depth and attention are options (official: 128 channels, multipliers 1, 2, 3, 4, 3
+  blocks, attention at 16 and 8 px with 4 heads; here the EDM module's attention head size).
+  The null class replaces the label per image with probability 0.1 (the official code: the whole batch).
   The fine-tuned layers are the same roles in the diffusers UNet: the class embedding, ``mid_block.resnets.*``'s
   ``conv1``/``conv2`` and ``mid_block.attentions.*.to_out``.
 * **Levels.** The timestep sent to the network becomes the noise level of its input. The final DDIM sampling
