@@ -69,6 +69,8 @@ Deliberate differences:
   starts from the level ``x`` was re-noised to (``t = 100``), where the official code's first update assumes
   ``alphas_cumprod[91]`` (its grid ``range(0, 1000, 10) + 1``, off by nine); the rest of the grid is the
   official one. The reconstruction's ``t`` is drawn from the run's generator (official: numpy's global state).
+  No level is clipped: t = 1000 is sigma 157, beyond EDM's usual sigma_max of 80 and its training distribution
+  (log-normal, mean ln sigma -1.2, std 1.2), and the denoiser is evaluated there as the mapping asks.
 * **Augmentations** act on ``[0, 1]`` images (the official applies kornia to ``[-1, 1]`` tensors and clamps to
   ``[-1, 1]``); the fine-tuning pipeline is :func:`~invertkit.core.augment.plg_augment` with ``jitter_p`` 0.5.
 * **Classes.** The official fine-tunes on the 300 classes it attacks (hard-coded); here on all the target's
