@@ -111,9 +111,16 @@ class TargetSpec(ModelFile):
     private: DataSpec | None = None
     prior: PriorRecipe | None = None
     eval: ModelFile | None = None
+    #: a view of the preset's scenario that the backend serves (e.g. the ``federated`` backend's
+    #: ``server:client-0@round-2``); the backend says what it names, and may withhold it (``withheld(spec)``)
+    view: str | None = None
+    #: the backend's own options (e.g. the ``federated`` backend's federation), validated by the backend
+    backend_options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _standalone(self) -> "TargetSpec":
+        if self.view is not None and self.preset is None:
+            raise ValueError("view: a view of a preset's scenario; a standalone target has no preset")
         own = [k for k in ("public", "private", "prior", "eval", "num_classes", "input_shape", "image_size")
                if getattr(self, k) is not None]
         if self.preset is not None:
