@@ -5,8 +5,6 @@ gives its image back to gradient inversion."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from hypothesis import given, settings

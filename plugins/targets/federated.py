@@ -200,20 +200,16 @@ class ClientTask:
             return self.defended_train(k, net, seed)
         batch = self.cfg.batch_size or self.recipe.batch_size
         opt = torch.optim.SGD(net.parameters(), lr=self.cfg.lr)
-        batches = None
-        if self.cfg.local_steps is not None:
-            picks = step_indices(len(x), batch, seed, self.cfg.local_steps)
+        picks = step_indices(len(x), batch, seed, self.cfg.local_steps) if self.cfg.local_steps is not None else None
 
-            def batches(_epoch: int, _g: torch.Generator):  # noqa: ANN202
-                for idx in picks:
-                    yield x[idx], y[idx]
+        def steps(_epoch: int, _g: torch.Generator):  # noqa: ANN202 - local_steps: one batch per step
+            for idx in picks:
+                yield x[idx], y[idx]
 
-        if self.cfg.local_mode == "eval":
-            fit(net, cross_entropy, (x, y), epochs=1 if batches else self.cfg.local_epochs, batch_size=batch,
-                seed=seed, optimizer=opt, batches=batches, schedule=False, on_epoch=lambda _e, m: m.eval())
-        else:
-            fit(net, cross_entropy, (x, y), epochs=1 if batches else self.cfg.local_epochs, batch_size=batch,
-                seed=seed, optimizer=opt, batches=batches, schedule=False)
+        # eval mode: BatchNorm's running statistics and no dropout during the local steps
+        keep_eval = (lambda _e, m: m.eval()) if self.cfg.local_mode == "eval" else None
+        fit(net, cross_entropy, (x, y), epochs=1 if picks is not None else self.cfg.local_epochs, batch_size=batch,
+            seed=seed, optimizer=opt, batches=steps if picks is not None else None, schedule=False, on_epoch=keep_eval)
         return net.eval()
 
     def defended_train(self, k: int, net: nn.Module, seed: int) -> nn.Module:
@@ -327,10 +323,10 @@ def run_federation(scenario: Any, cfg: FedConfig, template: nn.Module, root: Pat
                    base: nn.Module | None = None) -> dict[str, Any]:
     """Run FedAvg through Flower's simulation engine and save every model the views name; returns the record
     (global accuracy per round, clients' identities, epsilon, Flower's own counts)."""
-    try:
-        import flwr  # noqa: F401
-    except ImportError:
-        raise UsageError("the federated scenario runs on Flower: pip install 'invertkit[federated]'") from None
+    from importlib.util import find_spec
+
+    if find_spec("flwr") is None:
+        raise UsageError("the federated scenario runs on Flower: pip install 'invertkit[federated]'")
     x, y = scenario.split.private_train
     parts = partition(y, cfg)
     task = ClientTask(template=template, shards=[(x[p], y[p]) for p in parts], cfg=cfg, recipe=scenario.preset.target,
@@ -510,7 +506,7 @@ def view_network(fed: Federation, cfg: FedConfig, view: View) -> nn.Module:
 
 
 def fed_config(spec: Any) -> FedConfig:
-    return build_config(FedConfig, getattr(spec, "backend_options", {}) or {}, what=f"federated target options")
+    return build_config(FedConfig, getattr(spec, "backend_options", {}) or {}, what="federated target options")
 
 
 class FederatedBackend(TargetBackend):
