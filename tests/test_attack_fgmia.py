@@ -158,6 +158,15 @@ def test_queries_are_counted(cls, options, access, expected) -> None:  # noqa: A
         assert bool((result.scores > 0).all())
 
 
+def test_a_budget_below_the_public_features_is_refused() -> None:
+    from invertkit.core.errors import QueryBudgetExceeded
+
+    target = make_tiny_target(1, num_classes=4, budget=23)
+    with pytest.raises(QueryBudgetExceeded):
+        FGMIA(FAST, context=AttackContext(public_images=public(24)))(target, torch.tensor([0]), seed=0)
+    assert target.queries <= 23 and target.exhausted
+
+
 def test_options_that_need_more_than_the_target_gives_are_refused_before_any_query() -> None:
     target = make_tiny_target(1, num_classes=4, capabilities=ACCESS_LEVELS["label-only"])
     for options in ({"candidates": 2}, {"condition": "logits"}):
