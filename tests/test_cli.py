@@ -289,8 +289,12 @@ def test_validate_bundled() -> None:
 
 
 def test_validate_user_file() -> None:
+    import tomllib
+
+    data = tomllib.loads(Path(TINY).read_text())
+    counts = f"{len(data['presets'])} presets, {len(data['targets'])} targets, {len(data['bench'])} bench matrices"
     out = ok(invoke("validate", TINY)).stdout
-    assert out.startswith(f"{TINY}: ok (1 presets, 3 targets, 1 bench matrices")
+    assert out.startswith(f"{TINY}: ok ({counts}")
 
 
 def test_validate_malformed_toml(tmp_path: Path) -> None:
