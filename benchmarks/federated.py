@@ -11,7 +11,7 @@ reason). Every cell goes through the bench (``make_plan``/``run_bench``, cached)
 model's on the reconstructions, over all identities and per client's identities.
 
 Reconstruction from one update: a FedSGD federation (one SGD step of batch ``B`` per client, in eval mode) per
-``--batch-sizes``; the server inverts client 0's round-1 upload (:mod:`invertkit.plugins.targets.federated_inversion`)
+``--batch-sizes``; the server inverts client 0's round-1 upload (:mod:`invertkit.plugins.attacks.inverting_gradients`)
 and the figures compare it with the client's batch (PSNR, SSIM, LPIPS where its weights are on disk), beside a
 uniform-noise baseline and DLG for B = 1.
 
@@ -138,7 +138,7 @@ def reconstruction(args: argparse.Namespace) -> list[dict[str, Any]]:
     from invertkit.core.catalog import load_catalog
     from invertkit.core.plugins import get_plugins
     from invertkit.core.zoo.scenario import build_scenario
-    from invertkit.plugins.targets import federated_inversion as gi
+    from invertkit.plugins.attacks import inverting_gradients as gi
     from invertkit.plugins.targets.federated import FedConfig, client_batches, federation
 
     catalog = load_catalog(args.registry)
@@ -159,7 +159,7 @@ def reconstruction(args: argparse.Namespace) -> list[dict[str, Any]]:
             methods.append(("dlg", {"method": "dlg", "iterations": args.dlg_iterations}))
         for name, conf in methods:
             t0 = time.perf_counter()
-            rec = gi.invert_update(base, grads, labels, scenario.image_shape, conf)
+            rec, _ = gi.invert_update(base, grads, labels, scenario.image_shape, conf)
             out.append({"batch_size": b, "method": name, **gi.scores(rec, x), "labels_right": label_hits,
                         "seconds": round(time.perf_counter() - t0, 1), "options": conf,
                         "global_acc_round0": run.meta["global_acc"]["0"]})

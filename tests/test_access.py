@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from invertkit.core.errors import CapabilityError, QueryBudgetExceeded
-from invertkit.core.interfaces.capability import ACCESS_LEVELS, ALL, BLACK_BOX, LABEL_ONLY, Capabilities, Capability
+from invertkit.core.interfaces.capability import (ACCESS_LEVELS, ALL, BLACK_BOX, LABEL_ONLY, MODEL, Capabilities,
+                                                  Capability)
 from invertkit.core.interfaces.target import Restricted, TargetModel, TorchTarget, split_classifier
 from invertkit.core.testing.contracts import QUERY_CAPABILITIES, TargetContract, ask, torch_threads
 from invertkit.core.testing.strategies import (
@@ -79,10 +80,10 @@ del _level, _cls
 # ------------------------------------------------------------------------------ levels and budgets
 @pytest.mark.parametrize("level", sorted(ACCESS_LEVELS))
 def test_restricted_exposes_the_level_intersected_with_the_target(level: str) -> None:
-    full = make_tiny_target(0)
-    assert Restricted(full, ACCESS_LEVELS[level]).capabilities == ACCESS_LEVELS[level]
+    full = make_tiny_target(0)  # a model holds no participant's update (only a federated client view does)
+    assert Restricted(full, ACCESS_LEVELS[level]).capabilities == ACCESS_LEVELS[level] - {C.UPDATE}
     flat = make_tiny_target(0, splittable=False)
-    assert Restricted(flat, ACCESS_LEVELS[level]).capabilities == ACCESS_LEVELS[level] - {C.FEATURES}
+    assert Restricted(flat, ACCESS_LEVELS[level]).capabilities == ACCESS_LEVELS[level] - {C.FEATURES, C.UPDATE}
 
 
 @fast
@@ -183,7 +184,7 @@ def test_features_exist_iff_the_module_is_splittable(
     module = make_tiny_classifier(seed, splittable=splittable)
     assert (split_classifier(module) is not None) == splittable
     target = TorchTarget(module, num_classes=5, input_shape=(1, 8, 8), capabilities=asked)
-    wanted = ALL if asked is None else asked
+    wanted = MODEL if asked is None else asked
     assert (C.FEATURES in target.capabilities) == (splittable and C.FEATURES in wanted)
     assert target.capabilities == (wanted if splittable else wanted - {C.FEATURES})
     if C.FEATURES in target.capabilities:
@@ -199,7 +200,7 @@ def test_features_exist_iff_the_module_is_splittable(
 def test_timm_style_modules_are_splittable() -> None:
     module = _TimmLike()
     target = TorchTarget(module, num_classes=4, input_shape=(1, 8, 8))
-    assert target.capabilities == ALL
+    assert target.capabilities == MODEL
     x = torch.rand(3, 1, 8, 8)
     f = target.features(x)
     assert f.shape == (3, 6)

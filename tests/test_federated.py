@@ -14,7 +14,7 @@ pytest.importorskip("flwr")
 
 from invertkit.core.errors import UsageError  # noqa: E402
 from invertkit.plugins.targets import federated as fed  # noqa: E402
-from invertkit.plugins.targets import federated_inversion as gi  # noqa: E402
+from invertkit.plugins.attacks import inverting_gradients as gi  # noqa: E402
 from tests.conftest import tiny_registry_with  # noqa: E402
 
 torch.set_num_threads(1)
@@ -205,7 +205,7 @@ def test_gradient_inversion_recovers_a_clients_image_from_its_update(setup) -> N
     labels = gi.infer_labels(base, grads, 1, scenario.split.public[0])
     ((x, y),) = fed.client_batches(scenario, cfg, 0, 1)  # the evaluator's side
     assert torch.equal(labels, y)
-    rec = gi.invert_update(base, grads, labels, scenario.image_shape, {"iterations": 200})
+    rec, _ = gi.invert_update(base, grads, labels, scenario.image_shape, {"iterations": 200})
     got = gi.scores(rec, x)
     noise = gi.scores(torch.rand_like(x), x)
     assert got["psnr"] > noise["psnr"] + 10 and got["ssim"] > 0.8

@@ -189,6 +189,10 @@ def evaluate(run: CellRun, result: AttackResult, *, natural_cache: dict | None =
     mctx.extras["peak_gpu_mib"] = run.peak_gpu_mib
     if run.records is not None:
         mctx.extras.update(run.records.evaluator)
+    # what the target's backend gives the evaluator of its view (a federated client's batch): never the attack's
+    spec = run.catalog.target(cell.target)
+    mctx.extras.update(getattr(run.plugins.get("backend", spec.backend)(), "evaluator_extras",
+                               lambda *_: {})(spec, run.scenario, run.plugins))
     metrics: dict[str, Any] = {}
     have = mctx.available()
     names = list(cell.metrics)

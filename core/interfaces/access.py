@@ -2,8 +2,9 @@
 
 An attack receives the target *as defended*, behind its access wrapper. The view forwards the public,
 capability-checked query API (``logits``, ``probs``, ``log_probs``, ``topk``, ``label``, ``features``,
-``module`` where ``weights`` is granted) and the facts an attacker may know (classes, input shape,
-capabilities, its query count, budget and whether the budget refused a query), and nothing else:
+``module`` where ``weights`` is granted, ``update`` where ``update`` is) and the facts an attacker may know
+(classes, input shape, capabilities, its query count, budget and whether the budget refused a query), and
+nothing else:
 
 * it holds no reference to the wrapped target in an attribute or an instance ``__dict__`` (it has none:
   ``__slots__``), so neither ``.inner``, ``vars()`` nor ``__dict__`` leads to the undefended network;
@@ -28,7 +29,7 @@ from torch import Tensor, nn
 from invertkit.core.interfaces.capability import Capabilities, Capability, describe
 
 #: what a view forwards: query methods and read-only facts of the wrapped target
-_QUERIES = ("logits", "probs", "log_probs", "topk", "label", "features", "has", "charge_derived")
+_QUERIES = ("logits", "probs", "log_probs", "topk", "label", "features", "update", "has", "charge_derived")
 _FACTS = ("num_classes", "input_shape", "capabilities", "name", "max_topk", "device", "queries", "budget",
           "exhausted")
 
@@ -106,6 +107,11 @@ class TargetView:
 
     def features(self, x: Tensor) -> Tensor:
         return self._ask("features", x)
+
+    def update(self) -> Any:
+        """A participant's update as the server holds it (:class:`~invertkit.core.interfaces.target.UpdateRelease`),
+        only where ``update`` is granted; one query."""
+        return self._ask("update")
 
     def charge_derived(self, n: int) -> None:
         """Charge ``n`` queries that an artifact derived from this target cost when it was first made (a cached

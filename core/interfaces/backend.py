@@ -6,7 +6,7 @@ from __future__ import annotations
 from abc import ABC
 from typing import TYPE_CHECKING
 
-from invertkit.core.interfaces.capability import Capabilities, Capability
+from invertkit.core.interfaces.capability import MODEL, Capabilities
 
 if TYPE_CHECKING:  # pragma: no cover
     from invertkit.core.interfaces.target import TargetModel
@@ -25,7 +25,13 @@ class TargetBackend(ABC):
     name: str
     summary: str = ""
     #: the most an attacker can get from this backend (the entry's ``access`` narrows it further)
-    capabilities: Capabilities = frozenset(Capability)
+    capabilities: Capabilities = MODEL
+
+    def evaluator_extras(self, spec, scenario, plugins) -> dict:  # noqa: ANN001
+        """What the evaluator (never the attacker) is given of a view beyond the preset's private data, added to
+        ``MetricContext.extras`` (e.g. ``paired_reference``: the very images the attacked view was computed
+        from, a federated client's batch). Nothing by default."""
+        return {}
 
     def load(self, spec, scenario, plugins) -> TargetModel:  # noqa: ANN001
         raise NotImplementedError

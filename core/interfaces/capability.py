@@ -21,6 +21,9 @@ class Capability(str, Enum):
     FEATURES = "features"  # the penultimate embedding (a face template, for recognition models)
     GRAD = "grad"  # gradients of whatever else is released, w.r.t. the input (white-box)
     WEIGHTS = "weights"  # the parameters themselves
+    #: a participant's model update as the server that receives it holds it: the model the server sent, the
+    #: upload, the protocol's public settings (``TargetModel.update()``); only a backend that has one grants it
+    UPDATE = "update"
 
     def __str__(self) -> str:  # pragma: no cover - cosmetic
         return self.value
@@ -29,6 +32,9 @@ class Capability(str, Enum):
 Capabilities = frozenset[Capability]
 
 ALL: Capabilities = frozenset(Capability)
+#: what a deployed model can give: everything but a participant's update, which only a training protocol's
+#: view has (the federated backend's ``server:client-K``)
+MODEL: Capabilities = ALL - {Capability.UPDATE}
 WHITE_BOX: Capabilities = ALL
 BLACK_BOX: Capabilities = frozenset({Capability.PROBS, Capability.TOPK, Capability.LABEL})
 TOP_K: Capabilities = frozenset({Capability.TOPK, Capability.LABEL})

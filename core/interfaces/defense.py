@@ -30,7 +30,7 @@ from invertkit.core.interfaces.target import TargetModel
 C = Capability
 
 #: what an output defense can never release (it would bypass the transform)
-_BYPASSING: Capabilities = frozenset({C.LOGITS, C.FEATURES, C.WEIGHTS})
+_BYPASSING: Capabilities = frozenset({C.LOGITS, C.FEATURES, C.WEIGHTS, C.UPDATE})
 
 
 def filtered_capabilities(given: Capabilities, removes: Capabilities = frozenset()) -> Capabilities:

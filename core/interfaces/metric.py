@@ -51,14 +51,18 @@ class MetricContext:
             have.add("judges")
         if self.target_logits is not None:
             have.add("target")
+        if self.extras.get("paired_reference") is not None:
+            have.add("paired")
         return frozenset(have)
 
 
 #: what a metric can need of its context: ``eval`` (an evaluation model), ``private`` (the target's private
-#: images), ``judges`` (the independent judge's classifiers), ``target`` (the undefended target's logits)
-METRIC_NEEDS = frozenset({"eval", "private", "judges", "target"})
+#: images), ``judges`` (the independent judge's classifiers), ``target`` (the undefended target's logits),
+#: ``paired`` (``extras["paired_reference"]``: the very images the attacked release was computed from, which the
+#: reconstructions are compared with one to one: an embedder's leaked templates, a federated client's batch)
+METRIC_NEEDS = frozenset({"eval", "private", "judges", "target", "paired"})
 _NEED_WORDS = {"eval": "an evaluation model", "private": "private images", "judges": "judges",
-               "target": "the target's logits"}
+               "target": "the target's logits", "paired": "the images the attacked release was computed from"}
 
 
 def metric_shortfall(metric_cls: Any, available: frozenset[str]) -> str:

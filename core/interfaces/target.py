@@ -12,14 +12,31 @@ from __future__ import annotations
 
 from abc import ABC
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from invertkit.core.errors import CapabilityError, NonFiniteError, QueryBudgetExceeded, ShapeError
-from invertkit.core.interfaces.capability import Capabilities, Capability, describe
+from invertkit.core.interfaces.capability import MODEL, Capabilities, Capability, describe
 
 C = Capability
+
+
+@dataclass(frozen=True)
+class UpdateRelease:
+    """A participant's model update as the server that receives it holds it (the ``update`` capability): the
+    model it sent (``sent``), the participant's upload (``upload``, same architecture), and the protocol's
+    public settings the server itself configured: the local learning rate, batch size and number of local
+    steps, and whether the local steps ran in train mode. Never the participant's data. Fresh copies on every
+    call: an attacker may change them freely."""
+
+    sent: nn.Module
+    upload: nn.Module
+    lr: float
+    batch_size: int
+    local_steps: int
+    train_mode: bool = False
 
 
 class TargetModel(ABC):
@@ -143,6 +160,16 @@ class TargetModel(ABC):
         self._require(C.WEIGHTS)
         return self._module()
 
+    def update(self) -> UpdateRelease:
+        """A participant's update as the server holds it (``update`` capability): one query."""
+        self._require(C.UPDATE)
+        self.charge(1)
+        try:
+            return self._update()
+        except QueryBudgetExceeded:
+            self.queries -= 1  # a wrapped target refused: nothing was answered
+            raise
+
     def reset_queries(self) -> None:
         """Zero the query counter. For whoever deploys the target (the bench, a test harness); an attack never
         holds the target itself, only its :class:`~invertkit.core.interfaces.access.TargetView`, which has
@@ -178,6 +205,9 @@ class TargetModel(ABC):
 
     def _module(self) -> nn.Module:
         raise CapabilityError(f"target '{self.name}' has no weights")
+
+    def _update(self) -> UpdateRelease:
+        raise CapabilityError(f"target '{self.name}' has no participant's update")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, caps={describe(self._capabilities)}, queries={self.queries})"
@@ -218,7 +248,7 @@ class TorchTarget(TargetModel):
         for p in self._net.parameters():
             p.requires_grad_(False)
         self._split = split_classifier(self._net)
-        full = frozenset(Capability) if self._split else frozenset(Capability) - {C.FEATURES}
+        full = MODEL if self._split else MODEL - {C.FEATURES}
         super().__init__(
             num_classes=num_classes,
             input_shape=input_shape,
@@ -283,6 +313,9 @@ class Restricted(TargetModel):
 
     def _module(self) -> nn.Module:
         return self._inner.module
+
+    def _update(self) -> UpdateRelease:
+        return self._inner.update()
 
 
 def retarget(target: TargetModel, module: nn.Module) -> TargetModel:

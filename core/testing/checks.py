@@ -75,6 +75,8 @@ def ask(target: TargetModel, cap: Capability, x: Tensor, k: int = 2) -> Any:
         return target.features(x)
     if cap is C.WEIGHTS:
         return target.module
+    if cap is C.UPDATE:
+        return target.update()
     raise ValueError(f"no method answers '{cap.value}'")
 
 

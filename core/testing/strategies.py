@@ -14,7 +14,7 @@ import torch
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from invertkit.core.interfaces.capability import Capabilities, Capability
+from invertkit.core.interfaces.capability import MODEL, Capabilities
 from invertkit.core.interfaces.target import TorchTarget
 from invertkit.core.zoo.arch import BodyHead
 
@@ -50,8 +50,9 @@ def seeds() -> st.SearchStrategy[int]:
 
 
 def capability_sets(*, min_size: int = 0, within: Capabilities | None = None) -> st.SearchStrategy[Capabilities]:
-    """Frozensets of :class:`Capability` (any subset of ``within``, by default of all of them)."""
-    pool = sorted(within if within is not None else frozenset(Capability), key=lambda c: c.value)
+    """Frozensets of :class:`Capability` (any subset of ``within``, by default of what a model can expose: all
+    but ``update``, which only a training protocol's view holds)."""
+    pool = sorted(within if within is not None else MODEL, key=lambda c: c.value)
     return st.frozensets(st.sampled_from(pool), min_size=min_size) if pool else st.just(frozenset())
 
 

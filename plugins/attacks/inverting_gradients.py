@@ -1,5 +1,6 @@
-"""Reconstruction from one client update: gradient inversion on the ``server:client-K`` update view of a FedSGD
-federation (:mod:`invertkit.plugins.targets.federated` with ``local_steps = 1``).
+"""``inverting-gradients`` (and its variant ``dlg``): reconstruction of a participant's batch from its model update,
+the server's attack on the ``update`` capability — the ``server:client-K@round-R`` view of a FedSGD federation
+(:mod:`invertkit.plugins.targets.federated` with ``local_steps = 1``; withheld under secure aggregation).
 
 Geiping et al., "Inverting Gradients — How easy is it to break privacy in federated learning?", NeurIPS 2020,
 arXiv 2003.14053; official code JonasGeiping/invertinggradients, ``inversefed/reconstruction_algorithms.py``
@@ -15,22 +16,27 @@ Defaults are ``DEFAULT_CONFIG``'s (4,800 iterations, one restart) with two delib
 a TV weight of 1e-4 instead of 1e-1, which on 8x8 digits outweighs the gradient cost (measured on one digit
 after 400 iterations: PSNR 8.2 dB at 1e-1, 30.7 dB without TV; the paper tunes the weight per setting).
 
-DLG (Zhu et al., "Deep Leakage from Gradients", NeurIPS 2019, arXiv 1906.08935; mit-han-lab/dlg), its
-ancestor, is ``method = 'dlg'``: the squared Euclidean gradient distance, L-BFGS (lr 1), no prior, no box, no
-sign. Unlike DLG's joint label optimisation, both use the inferred labels below.
+DLG (Zhu et al., "Deep Leakage from Gradients", NeurIPS 2019, arXiv 1906.08935; mit-han-lab/dlg ``main.py``),
+its ancestor, is the ``dlg`` variant (or ``method = 'dlg'``): the squared Euclidean gradient distance, L-BFGS
+(lr 1; 300 steps, as ``main.py``), no prior, no box, no sign. Unlike DLG's joint label optimisation, both use the
+inferred labels below.
 
-What the attacker sees (the server's view): the global model it sent, the client's upload, and the protocol's
-public settings (the local learning rate and the batch size, which the server configures). The update gives the
-gradient, ``(w_global - w_client) / lr``, exactly for one plain SGD step. Labels are inferred from it, never
+What the attacker sees (the server's view, ``TargetView.update()``, one query, the attack's only one): the global
+model it sent, the client's upload, and the protocol's public settings (the local learning rate, the batch size
+and the local mode, which the server configures); never the batch. The update gives the gradient,
+``(w_global - w_client) / lr``, exactly for one plain SGD step. Labels are inferred from it, never
 read from the batch: for one image, iDLG's rule (Zhao et al. 2020, arXiv 2001.02610; Geiping's code applies it
 to single images: the class whose row of the last layer's weight gradient sums lowest); for a batch, the count
 of each label from the last layer's bias gradient, ``n_c = B (p_c - g_c)`` with ``p_c`` the model's mean
 softmax on the attacker's public images (the batch's own probabilities are unknown), rounded to sum to ``B``
-(largest remainders) — a deliberate addition: the paper assumes a batch's labels known.
+(largest remainders) — a deliberate addition: the paper assumes a batch's labels known. The result is one image
+per image of the client's batch, labelled with the inferred labels (the bench's requested identities do not
+apply: the batch is what it is); ``scores`` is minus the final cost.
 
-The evaluator compares each reconstruction with the client's batch (matched one to one by the Hungarian
-assignment on pixel MSE, as the images' order is not recoverable): PSNR (``10 log10(1 / MSE)``), SSIM
-(:func:`invertkit.plugins.metrics.pixel.ssim`, Wang et al. 2004) and LPIPS (AlexNet, from
+The evaluator (the ``batch-recon`` metric, :mod:`invertkit.plugins.metrics.batch_recon`, on the bench's
+``paired_reference``: the client's batch, never the attack's) compares each reconstruction with the client's batch
+(matched one to one by the Hungarian assignment on pixel MSE, as the images' order is not recoverable): PSNR
+(``10 log10(1 / MSE)``), SSIM (:func:`invertkit.plugins.metrics.pixel.ssim`, Wang et al. 2004) and LPIPS (AlexNet, from
 :mod:`invertkit.plugins.metrics.lpips_dist`, when its backbone weights are on disk; else reported missing).
 """
 
@@ -44,7 +50,13 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from invertkit.core.errors import UsageError
+from invertkit.core.hookspecs import hookimpl
+from invertkit.core.interfaces.attack import Attack
+from invertkit.core.interfaces.capability import Capability
 from invertkit.core.interfaces.config import ComponentConfig, build_config
+from invertkit.core.interfaces.results import AttackResult
+from invertkit.core.interfaces.target import TargetModel
 
 
 class InversionConfig(ComponentConfig):
@@ -55,7 +67,6 @@ class InversionConfig(ComponentConfig):
     signed: bool = Field(True, description="Adam on the sign of the images' gradient (the paper's method).")
     restarts: int = Field(1, ge=1, description="Independent trials; the lowest final cost is kept.")
     lr_decay: bool = Field(True, description="x0.1 at 3/8, 5/8, 7/8 of the iterations.")
-    seed: int = 0
 
 
 def update_gradient(base: nn.Module, upload: nn.Module, lr: float) -> dict[str, Tensor]:
@@ -111,15 +122,16 @@ def _cost(trial: list[Tensor], target: list[Tensor], method: str) -> Tensor:
 
 
 def invert_update(model: nn.Module, grads: dict[str, Tensor], labels: Tensor, shape: tuple[int, ...],
-                  config: InversionConfig | dict[str, Any] | None = None) -> Tensor:
+                  config: InversionConfig | dict[str, Any] | None = None, *, seed: int = 0,
+                  train_mode: bool = False) -> tuple[Tensor, float]:
     """Images whose gradient on ``model`` (the model the update was computed from, in the mode the client
-    used: eval) matches ``grads``; one per label, in ``[0, 1]``."""
+    used: eval unless ``train_mode``) matches ``grads``, one per label, in ``[0, 1]``; and their final cost."""
     cfg = build_config(InversionConfig, config, what="gradient inversion")
-    model = model.eval()
+    model = model.train(train_mode)
     params = [p for _, p in model.named_parameters()]
     target = [grads[n].detach() for n, _ in model.named_parameters()]
     dlg = cfg.method == "dlg"
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(int(seed))
     best, best_cost = None, math.inf
     for _ in range(cfg.restarts):
         x = torch.randn(len(labels), *shape, generator=g).requires_grad_(True)
@@ -156,7 +168,7 @@ def invert_update(model: nn.Module, grads: dict[str, Tensor], labels: Tensor, sh
         if best is None or final < best_cost:
             best, best_cost = x.detach().clamp(0, 1).clone(), final
     assert best is not None
-    return best
+    return best, best_cost
 
 
 def match(recon: Tensor, truth: Tensor) -> Tensor:
@@ -200,5 +212,55 @@ def _lpips(a: Tensor, b: Tensor) -> float:
         return float(net(prep(a), prep(b), normalize=True).mean())
 
 
-__all__ = ["InversionConfig", "update_gradient", "infer_labels", "invert_update", "match", "scores",
-           "total_variation"]
+class InvertingGradients(Attack):
+    """Geiping et al.'s gradient inversion of a participant's single-step update (see the module docstring)."""
+
+    name = "inverting-gradients"
+    paper = "https://arxiv.org/abs/2003.14053"
+    summary = ("The server's attack on a client's FedSGD update: images whose gradient matches the update (cosine "
+               "cost, TV prior, signed Adam), labels inferred from the last layer's gradient.")
+    threat_model = "the server: a participant's update (federated, FedSGD)"
+    requires = frozenset({Capability.UPDATE})
+    needs_prior = False
+    Config = InversionConfig
+
+    def run(self, target: TargetModel, labels: Tensor, *, prior: Any, seed: int,
+            generator: torch.Generator) -> AttackResult:
+        release = target.update()  # the attack's one query: what the server holds, never the batch
+        if release.local_steps != 1:
+            raise UsageError(f"attack '{self.name}' inverts a single local step; this update took "
+                             f"{release.local_steps}")
+        grads = update_gradient(release.sent, release.upload, release.lr)
+        public = getattr(self.context, "public_images", None)
+        if release.batch_size > 1 and public is None:
+            raise UsageError(f"attack '{self.name}': a batch's labels are inferred with the public images "
+                             "(AttackContext.public_images); none were given")
+        inferred = infer_labels(release.sent, grads, release.batch_size, public)
+        images, cost = invert_update(release.sent, grads, inferred, tuple(target.input_shape), self.config,
+                                     seed=seed, train_mode=release.train_mode)
+        return AttackResult(self.name, images, inferred, torch.full((len(images),), -cost), 0, 0.0, seed, {},
+                            extras={"batch_size": release.batch_size, "final_cost": cost})
+
+
+class DLG(InvertingGradients):
+    """DLG (Zhu et al., NeurIPS 2019): ``inverting-gradients`` with ``method = 'dlg'`` (Euclidean gradient
+    distance, L-BFGS, no prior, no box) and the inferred labels."""
+
+    name = "dlg"
+    paper = "https://arxiv.org/abs/1906.08935"
+    summary = ("Deep Leakage from Gradients: images whose gradient matches a client's FedSGD update in Euclidean "
+               "distance, by L-BFGS, labels inferred from the update (iDLG).")
+
+    class Config(InversionConfig):
+        method: Literal["inverting-gradients", "dlg"] = Field("dlg", description="DLG (or Geiping et al.).")
+        iterations: int = Field(300, ge=1, description="L-BFGS steps (the official notebook: 300).")
+
+
+@hookimpl
+def invertkit_register_attacks(register) -> None:  # noqa: ANN001
+    register(InvertingGradients)
+    register(DLG)
+
+
+__all__ = ["DLG", "InversionConfig", "InvertingGradients", "update_gradient", "infer_labels", "invert_update",
+           "match", "scores", "total_variation"]

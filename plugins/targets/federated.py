@@ -33,7 +33,10 @@ Views (a target entry's ``view``): ``server:client-K@round-R`` (the server, whit
 of round R), ``server:global@round-R`` (the server's aggregate; under DP-FedAvg before its noise),
 ``participant:global@round-R`` (what every client receives: the released global model, white-box),
 ``outsider:global[@round-R]`` (a black-box API on the released global model; default the last round).
-``R = 0`` is the initial model.
+``R = 0`` is the initial model. On a FedSGD federation (``local_steps = 1``) the client view also grants
+``update``: the server reads the update itself (the global model of round R - 1 it sent, the upload, the local
+learning rate and batch size it configured; one query), which gradient inversion
+(:mod:`invertkit.plugins.attacks.inverting_gradients`) inverts; the evaluator gets the client's batch.
 
 Deliberate differences from the references: local training is plain SGD with the preset's batch size (no
 momentum, no schedule), and a client trains with its local defense's optimiser where it has one; DP-FedAvg
@@ -63,9 +66,9 @@ from invertkit.core import progress
 from invertkit.core.cache import atomic_write_json, cache_dir, content_key, entry_lock, load_into, save_module
 from invertkit.core.errors import UsageError
 from invertkit.core.hookspecs import hookimpl
-from invertkit.core.interfaces.capability import ACCESS_LEVELS
+from invertkit.core.interfaces.capability import ACCESS_LEVELS, Capability
 from invertkit.core.interfaces.config import ComponentConfig, build_config
-from invertkit.core.interfaces.target import TargetBackend, TargetModel, TorchTarget
+from invertkit.core.interfaces.target import TargetBackend, TargetModel, TorchTarget, UpdateRelease
 from invertkit.core.zoo.train import accuracy, cross_entropy, fit
 
 #: bump when the federation's procedure changes: cached federations are run again
@@ -505,6 +508,26 @@ def view_network(fed: Federation, cfg: FedConfig, view: View) -> nn.Module:
     return fed.network("global", rnd)
 
 
+def releases_update(view: View, cfg: FedConfig) -> bool:
+    """The view is a client's upload whose update the server can read as one gradient (``update`` capability):
+    FedSGD (``local_steps = 1``, plain SGD: no local defense) without secure aggregation."""
+    return view.client is not None and cfg.local_steps == 1 and cfg.local_defense is None and not cfg.secure_aggregation
+
+
+class ClientUpload(TorchTarget):
+    """Client K's upload of round R as the server holds it: the uploaded network (white-box), and on a FedSGD
+    federation its update (:class:`~invertkit.core.interfaces.target.UpdateRelease`: the global model of round
+    R - 1 the server sent, the upload, the local learning rate, batch size and mode the server configured)."""
+
+    def __init__(self, net: nn.Module, release: Any, *, capabilities: frozenset, **kw: Any) -> None:
+        super().__init__(net, capabilities=capabilities, **kw)
+        self._capabilities = self._capabilities | (frozenset(capabilities) & {Capability.UPDATE})
+        self._release = release
+
+    def _update(self) -> UpdateRelease:
+        return self._release()
+
+
 def fed_config(spec: Any) -> FedConfig:
     return build_config(FedConfig, getattr(spec, "backend_options", {}) or {}, what="federated target options")
 
@@ -518,7 +541,10 @@ class FederatedBackend(TargetBackend):
 
     @staticmethod
     def offers(spec) -> frozenset:  # noqa: ANN001
-        return ACCESS_LEVELS[parse_view(spec.view).access_ceiling]
+        """The view holder's access; ``update`` only on a client's FedSGD upload (:func:`releases_update`)."""
+        view = parse_view(spec.view)
+        whole = ACCESS_LEVELS[view.access_ceiling]
+        return whole if releases_update(view, fed_config(spec)) else whole - {Capability.UPDATE}
 
     @staticmethod
     def withheld(spec) -> str:  # noqa: ANN001
@@ -546,10 +572,30 @@ class FederatedBackend(TargetBackend):
         why = self.withheld(spec)
         if why:
             raise UsageError(why)
-        net = view_network(federation(scenario, plugins, cfg), cfg, view)
-        caps = ACCESS_LEVELS[spec.access] & ACCESS_LEVELS[view.access_ceiling]
-        return TorchTarget(net, num_classes=scenario.num_classes, input_shape=scenario.image_shape,
-                           capabilities=caps, budget=spec.budget, name="target")
+        run = federation(scenario, plugins, cfg)
+        net = view_network(run, cfg, view)
+        caps = ACCESS_LEVELS[spec.access] & self.offers(spec)
+        if not releases_update(view, cfg):
+            return TorchTarget(net, num_classes=scenario.num_classes, input_shape=scenario.image_shape,
+                               capabilities=caps, budget=spec.budget, name="target")
+        rnd, k = view.round, view.client
+
+        def release() -> UpdateRelease:  # fresh copies from the cache on every read
+            return UpdateRelease(sent=run.network("global", rnd - 1), upload=run.network(f"client{k}", rnd),
+                                 lr=cfg.lr, batch_size=cfg.batch_size or scenario.preset.target.batch_size,
+                                 local_steps=1, train_mode=cfg.local_mode == "train")
+
+        return ClientUpload(net, release, num_classes=scenario.num_classes, input_shape=scenario.image_shape,
+                            capabilities=caps, budget=spec.budget, name="target")
+
+    def evaluator_extras(self, spec, scenario, plugins) -> dict:  # noqa: ANN001
+        """The evaluator's side of a client's FedSGD update view: the batch the client took its step on
+        (``paired_reference``, ``paired_labels``), what a reconstruction of the update is compared with."""
+        view, cfg = parse_view(spec.view), fed_config(spec)
+        if not releases_update(view, cfg):
+            return {}
+        ((x, y),) = client_batches(scenario, cfg, view.client, view.round)
+        return {"paired_reference": x, "paired_labels": y}
 
 
 @hookimpl
@@ -557,5 +603,6 @@ def invertkit_register_target_backends(register) -> None:  # noqa: ANN001
     register(FederatedBackend)
 
 
-__all__ = ["FedConfig", "Federation", "FederatedBackend", "View", "federation", "parse_view", "partition",
+__all__ = ["ClientUpload", "FedConfig", "Federation", "FederatedBackend", "View", "releases_update", "federation",
+           "parse_view", "partition",
            "dp_noise_multiplier", "dp_epsilon_spent", "view_network"]
