@@ -14,6 +14,7 @@ leaked-template path (core/bench/targets.py ``leaked_templates``), the ``secure-
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from pathlib import Path
 from typing import Any, ClassVar
@@ -92,6 +93,30 @@ def test_black_box_counts_every_query_and_respects_its_budget() -> None:
                                                      extras={"templates": leaked_for(tight, templates)}))
     result = attack(tight, torch.tensor([0, 1, 2]), seed=0)
     assert len(result) == templates and tight.queries <= budget and tight.exhausted
+
+
+def test_a_cached_stage_2_samples_as_the_cell_that_trained_it() -> None:
+    # black-box stage 2 draws NES directions; they come from stage 2's own generator, not the attack's, so the
+    # attack's sampling noise is the same whether stage 2 was trained in this run or read from the cache
+    import copy
+
+    store: dict[str, Any] = {}
+
+    def cache(key, train, build, *, label):  # noqa: ANN001, ANN202 - the bench cache's contract, in memory
+        k = json.dumps(key, sort_keys=True, default=str)
+        if k not in store:
+            store[k] = train()
+        return copy.deepcopy(store[k]).eval()
+
+    caps = ACCESS_LEVELS["embedding"]
+    target = make_tiny_target(0, capabilities=caps)
+    runs = []
+    for _ in range(2):
+        attack = TIADiffusion(FAST, context=AttackContext(public_images=public(), cache=cache,
+                                                          extras={"templates": leaked_for(target, 3)}))
+        runs.append(attack(make_tiny_target(0, capabilities=caps), torch.tensor([0, 1, 2]), seed=0))
+    assert len(store) == 2  # stage 1 and stage 2, trained once
+    assert torch.equal(runs[0].images, runs[1].images)
 
 
 def test_without_leaked_templates_it_says_so() -> None:

@@ -235,9 +235,12 @@ class TIADiffusion(Attack):
         gen.denoiser.load_state_dict(ema.state_dict())
         return gen.eval()
 
-    def _stage2(self, target: Any, images: Tensor, feats: Tensor, base: TemplateGenerator, seed: int,
-                generator: torch.Generator) -> TemplateGenerator:
+    def _stage2(self, target: Any, images: Tensor, feats: Tensor, base: TemplateGenerator,
+                seed: int) -> TemplateGenerator:
         cfg = self.config
+        # stage 2's own draws (its NES directions): the attack's generator is left to sampling, so that a cell
+        # whose stage 2 comes from the cache samples exactly as the cell that trained it
+        generator = torch.Generator().manual_seed(seed + 2)
         gen = self._build(base.denoiser.image_shape, base.mean.shape[0])
         gen.load_state_dict(base.state_dict())
         den = gen.denoiser
@@ -269,8 +272,7 @@ class TIADiffusion(Attack):
             p.requires_grad_(False)
         return gen.eval()
 
-    def _generator(self, target: Any, image_shape: tuple[int, int, int], dim: int, seed: int,
-                   generator: torch.Generator) -> TemplateGenerator:
+    def _generator(self, target: Any, image_shape: tuple[int, int, int], dim: int, seed: int) -> TemplateGenerator:
         from invertkit.core.zoo.scenario import fingerprint
 
         cfg = self.config
@@ -302,7 +304,7 @@ class TIADiffusion(Attack):
         stage2_cfg["exact"] = self._exact(target)
 
         def stage2() -> TemplateGenerator:
-            return self._stage2(target, *public(), gen, seed, generator)
+            return self._stage2(target, *public(), gen, seed)
 
         if cache is None:
             return stage2()
@@ -336,7 +338,7 @@ class TIADiffusion(Attack):
     def run(self, target, labels, *, prior, seed, generator) -> AttackResult:  # noqa: ANN001
         leaked = leaked_templates(self, labels)
         image_shape = tuple(int(s) for s in target.input_shape)
-        gen = self._generator(target, image_shape, leaked.shape[1], seed, generator)
+        gen = self._generator(target, image_shape, leaked.shape[1], seed)
         cfg = self.config
         reps = leaked.repeat_interleave(cfg.n, dim=0)
         cands = torch.cat([self._sample(target, gen, reps[i:i + cfg.query_batch], generator)
