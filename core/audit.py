@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from invertkit.core.errors import InvertkitError
-from invertkit.core.interfaces.capability import ACCESS_LEVELS, Capability, describe
+from invertkit.core.interfaces.capability import ACCESS_LEVELS, MODEL, Capability, describe
 from invertkit.core.interfaces.target import TargetModel
 from invertkit.core.preprocess import Preprocess
 
@@ -33,7 +33,9 @@ BETTER = 5.0
 
 def capability_warnings(name: str, access: str, backend: str, target: TargetModel) -> list[str]:
     """One line per capability the declared ``access`` promises that the loaded ``target`` lacks."""
-    declared = ACCESS_LEVELS[access]
+    # what the access promises of a model: a training update ("update") is served by a federated view, never
+    # by a model file, so a white-box access does not promise it here
+    declared = ACCESS_LEVELS[access] & MODEL
     lost = declared - target.capabilities
     if not lost:
         return []
