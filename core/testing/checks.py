@@ -28,7 +28,7 @@ MAX_EXAMPLES = 25
 QUERY_CAPABILITIES: tuple[Capability, ...] = (C.LOGITS, C.PROBS, C.TOPK, C.LABEL, C.FEATURES)
 
 #: the capabilities that make an attack send queries to the target
-QUERYING: Capabilities = frozenset({C.LOGITS, C.PROBS, C.TOPK, C.LABEL})
+QUERYING: Capabilities = frozenset({C.LOGITS, C.PROBS, C.TOPK, C.LABEL, C.FEATURES, C.UPDATE})
 
 contract_settings = settings(
     max_examples=MAX_EXAMPLES,
