@@ -144,6 +144,35 @@ def test_a_whole_batch_is_refused_when_it_does_not_fit(target: TorchTarget, n: i
         assert target.queries == n
 
 
+@fast
+@given(budget=st.one_of(st.none(), st.integers(0, 40)), spent=st.integers(0, 40), n=st.integers(0, 50),
+       each=st.integers(1, 7), share=st.floats(0.01, 1.0))
+def test_affordable_plans_within_what_is_left(budget: int | None, spent: int, n: int, each: int, share: float) -> None:
+    from invertkit.core.interfaces.access import affordable, seal
+
+    target = make_tiny_target(0, budget=None if budget is None else budget + spent)
+    if spent:
+        target.label(torch.rand(spent, 1, 8, 8))
+    k = affordable(seal(target), n, each=each, share=share)
+    assert 0 <= k <= n
+    if budget is None:
+        assert k == n
+    else:
+        assert k * each <= share * budget + 1e-9  # the phase fits in its share of what is left
+        if k < n:
+            assert (k + 1) * each > int(share * budget)  # and takes all it can
+        if k:  # spending it never trips the wrapper
+            target.label(torch.rand(k * each, 1, 8, 8))
+            assert not target.exhausted
+
+
+def test_affordable_refuses_nonsense() -> None:
+    from invertkit.core.interfaces.access import affordable
+
+    with pytest.raises(ValueError, match="share"):
+        affordable(make_tiny_target(0), 3, share=0.0)
+
+
 def test_reset_queries_restores_the_budget() -> None:
     target = make_tiny_target(0, budget=3)
     target.label(torch.rand(3, 1, 8, 8))

@@ -132,3 +132,18 @@ def counted(target: Any, fn: Callable[[], Any]) -> tuple[Any, int]:
     q0 = target.queries
     out = fn()
     return out, target.queries - q0
+
+
+def affordable(target: Any, n: int, *, each: int = 1, share: float = 1.0) -> int:
+    """How many of ``n`` items costing ``each`` queries apiece fit in ``share`` of what is left of ``target``'s
+    budget (all ``n`` when it has none). An attack plans with it: a fixed-cost phase (a scored pool, a decoder's
+    training set, noisy copies) takes what it can afford and leaves the rest to the search, and a search split
+    across identities gives each its share, so a smaller budget means a smaller attack rather than a failed one.
+    Planning is the attacker's courtesy to itself; the wrapper still refuses every query past the budget."""
+    if n < 0 or each < 1 or not 0.0 < share <= 1.0:
+        raise ValueError(f"affordable: n >= 0, each >= 1 and 0 < share <= 1 (got n={n}, each={each}, share={share})")
+    budget = getattr(target, "budget", None)
+    if budget is None:
+        return int(n)
+    left = max(0, int(budget) - int(target.queries))
+    return max(0, min(int(n), int(left * share) // int(each)))
