@@ -217,13 +217,16 @@ def evaluate(run: CellRun, result: AttackResult, *, natural_cache: dict | None =
     return metrics
 
 
-def budget_facts(run: CellRun) -> dict[str, Any]:
+def budget_facts(run: CellRun, result: AttackResult | None = None) -> dict[str, Any]:
     """The query budget of a cell's target, what it used, and whether the attack ran it out (then it ended with
-    what it had: a budget is a stopping rule, and the record says so)."""
+    what it had: a budget is a stopping rule, and the record says so). An attack that planned within its budget
+    (:func:`~invertkit.core.interfaces.access.affordable`) and cut a phase short says so in
+    ``extras["exhausted"]``: that counts too, though the wrapper refused nothing."""
     budget = run.target.budget if run.target is not None else None
     if budget is None:
         return {}
     exhausted = any(getattr(t, "exhausted", False) for t in (run.target, run.attacked) if t is not None)
+    exhausted = exhausted or bool(result is not None and result.extras.get("exhausted", False))
     return {"budget": {"limit": budget, "used": run.attacked.queries, "exhausted": exhausted}}
 
 
@@ -261,7 +264,7 @@ def persist(run: CellRun, result: AttackResult, metrics: dict[str, Any]) -> Cell
         **({"attack_facts": facts} if (facts := attack_facts(result)) else {}),
         "identities": int(len(torch.unique(result.labels))) if len(result) else 0,
         **({"metrics_not_applicable": dict(run.not_applicable)} if run.not_applicable else {}),
-        **budget_facts(run),
+        **budget_facts(run, result),
         "seed": cell.seed,
         "invertkit": invertkit.__version__,
     }

@@ -7,6 +7,8 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from invertkit.core.errors import CapabilityError, QueryBudgetExceeded
 from invertkit.core.interfaces.attack import Attack
@@ -24,10 +26,13 @@ __all__ = ["AttackContract"]
 class AttackContract(_OneThread):
     """Contract of an :class:`~invertkit.core.interfaces.Attack`. Set ``attack_cls`` and a fast ``config``.
 
-    An attack that queries (its ``requires`` contains logits, probs, topk or label), given less budget than it
-    needs, either lets the target's :class:`~invertkit.core.errors.QueryBudgetExceeded` through or ends with
-    what it has (as :func:`~invertkit.core.optim.optimise` does): a result of the right shape, within the
-    budget, the target marked ``exhausted``.
+    An attack that queries (its ``requires`` contains logits, probs, topk, label, features or update), given less
+    budget than it needs, either lets the target's :class:`~invertkit.core.errors.QueryBudgetExceeded` through or
+    ends with what it has (as :func:`~invertkit.core.optim.optimise` does): a result of the right shape, within
+    the budget, the target marked ``exhausted`` or the result's ``extras["exhausted"]`` set (an attack that
+    planned a smaller run with :func:`~invertkit.core.interfaces.access.affordable`). Whatever budget it is
+    given (hypothesis draws them), it never goes past it; and on a target granting exactly its ``requires`` it
+    asks only for what those grant (a label-only attack never reads a score).
     """
 
     attack_cls: ClassVar[type[Attack]]
@@ -103,8 +108,52 @@ class AttackContract(_OneThread):
             result = self.run_attack(target)
         except QueryBudgetExceeded:
             pass
-        else:  # it stopped at the budget with what it had
-            assert target.exhausted, "the attack asked for no refused query, yet needed more than its budget"
+        else:  # it stopped at the budget with what it had, or planned a smaller run within it and says so
+            assert target.exhausted or result.extras.get("exhausted"), (
+                "the attack needed more than its budget, yet neither asked for a refused query nor says "
+                "extras['exhausted']")
             assert result.images.shape == full.images.shape and bool(torch.isfinite(result.images).all())
         assert target.queries <= needed - 1
+
+    def _needed(self) -> int:
+        """Queries the attack spends without a budget (measured once per contract class)."""
+        cls = type(self)
+        if "_needed_queries" not in cls.__dict__:
+            cls._needed_queries = self.run_attack(self.make_target()).queries
+        return cls._needed_queries
+
+    @settings(max_examples=3, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(fraction=st.floats(0.0, 1.0))
+    def test_never_exceeds_a_drawn_budget(self, fraction: float) -> None:
+        if not (frozenset(self.attack_cls.requires) & QUERYING):
+            pytest.skip(f"attack '{self.attack_cls.name}' does not query the target")
+        needed = self._needed()
+        budget = int(fraction * needed)
+        target = self.make_target(budget=budget)
+        try:
+            result = self.run_attack(target)
+        except QueryBudgetExceeded:
+            assert target.exhausted
+        else:
+            assert bool(torch.isfinite(result.images).all()) and len(result) > 0
+            assert result.queries <= budget
+        assert target.queries <= budget, f"{target.queries} queries answered past a budget of {budget}"
+
+    def test_asks_only_what_its_access_grants(self) -> None:
+        """On a target exposing exactly ``requires`` (label-only for a label-only attack), every answered query
+        is of a granted capability, and the run succeeds (an attack cannot fall back on reading more)."""
+        requires = frozenset(self.attack_cls.requires)
+        target = self.make_target(capabilities=requires)
+        asked: list[Any] = []
+        answer = target._answer
+
+        def spy(cap: Any, *args: Any) -> Any:
+            asked.append(cap)
+            return answer(cap, *args)
+
+        target._answer = spy  # type: ignore[method-assign]
+        result = self.run_attack(target)
+        assert len(result) > 0
+        assert set(asked) <= requires, f"asked {sorted(c.value for c in set(asked) - requires)} beyond its access"
+        assert result.queries == target.queries
 

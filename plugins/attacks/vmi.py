@@ -373,10 +373,12 @@ class VMI(Attack):
             z = z.squeeze(1).reshape(len(labels), *latent)
             images = prior.decode(z, labels.to(device))
         scores = -torch.cat(losses_).cpu()[inverse]
-        ce = torch.cat([last[k][0] for k in sorted(last)]).cpu()
-        kl = torch.cat([last[k][1] for k in sorted(last)]).cpu()
+        # a budget refused before a batch's first evaluation leaves it at its initial flow, with no loss recorded
+        ce = torch.cat([last[k][0] for k in sorted(last)]).cpu() if last else torch.full((1,), float("nan"))
+        kl = torch.cat([last[k][1] for k in sorted(last)]).cpu() if last else torch.full((1,), float("nan"))
         info = {"identities": u, "levels": flows.levels, "flow_parameters": flows.size,
-                "identity_loss": float(ce.mean()), "kl": float(kl.mean())}
+                "identity_loss": float(ce.mean()), "kl": float(kl.mean()),
+                "exhausted": bool(getattr(target, "exhausted", False))}
         return AttackResult(self.name, images, labels, scores, 0, 0.0, seed, {}, latents=z, extras=info)
 
 
