@@ -122,3 +122,75 @@ def test_c2fmi_beats_the_random_prior(scenario, random_prior_baseline: float, ac
     cfg = {"inverse_hidden": 256, "embed_epochs": 10, "generations": 20}
     result = C2FMI(cfg, ctx)(target, identities(), prior=scenario.prior, seed=0)
     assert attack_acc(scenario, result) >= random_prior_baseline + 0.10
+
+
+# ------------------------------------------------------------------------------------------- query budgets
+PLANNED = {**TINY, "generations": 40}
+
+
+def run_planned(budget: int | None, cfg: dict[str, Any] = PLANNED) -> tuple[Any, Any]:  # noqa: ANN401
+    target = make_tiny_target(0, capabilities=ACCESS_LEVELS["black-box"], num_classes=4, input_shape=(1, 8, 8),
+                              budget=budget)
+    return C2FMI(cfg, tiny_context(40))(target, torch.arange(4), prior=TinyPrior((1, 8, 8), 8, 0), seed=0), target
+
+
+def test_c2fmi_plans_within_a_tenfold_smaller_budget() -> None:
+    # measured: 1,360 queries unbudgeted (40 public images, then 4 rows x (6 candidates + 4 extended + 40 x 8
+    # trials)); under a budget of 136, the 40 public images and per row the setup and 1 DE generation (112)
+    free, _ = run_planned(None)
+    assert free.queries == 40 + 4 * (6 + 4 + 40 * 8) and not free.extras["exhausted"]
+    assert (free.extras["planned_public"], free.extras["planned_generations"]) == (40, 40)
+    budget = free.queries // 10
+    result, target = run_planned(budget)
+    assert result.queries == target.queries <= budget and not target.exhausted
+    assert result.extras["exhausted"] is True
+    assert result.extras["planned_public"] <= budget // 2  # the inverse network's data: at most budget_share
+    assert result.extras["planned_popsize"] == 8 and 0 < result.extras["planned_generations"] < 40
+    assert result.images.shape == free.images.shape and bool(torch.isfinite(result.images).all())
+    # a share too small for the DE's setup: the coarse stage's most confident scored candidate
+    tiny, target = run_planned(40)
+    assert tiny.queries <= 40 and tiny.extras["planned_popsize"] == 0 and tiny.extras["exhausted"] is True
+    assert bool(torch.isfinite(tiny.images).all()) and bool(torch.isfinite(tiny.scores).all())
+    # enough for the whole run: the run is the unbudgeted one
+    roomy, _ = run_planned(free.queries)
+    assert roomy.queries == free.queries and torch.equal(roomy.images, free.images)
+    assert not roomy.extras["exhausted"]
+
+
+def test_c2fmi_caches_the_inverse_network_per_planned_size(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    from invertkit.core.zoo.model_cache import derived_cache
+
+    monkeypatch.setenv("INVERTKIT_CACHE", str(tmp_path))
+
+    class Scenario:
+        keys = {"target": "tiny-target"}
+
+    def run(budget: int | None) -> Any:  # noqa: ANN401
+        target = make_tiny_target(0, capabilities=ACCESS_LEVELS["black-box"], num_classes=4, input_shape=(1, 8, 8),
+                                  budget=budget)
+        ctx = tiny_context(20)
+        ctx = AttackContext(public_images=ctx.public_images, public_labels=ctx.public_labels, plugins=ctx.plugins,
+                            cache=derived_cache(Scenario(), target, "none"))
+        return C2FMI({**TINY, "generations": 1}, ctx)(target, torch.tensor([0, 1]), prior=TinyPrior((1, 8, 8), 8, 0),
+                                                      seed=0)
+
+    full, cut, again = run(None), run(20), run(20)
+    assert full.extras["planned_public"] == 20 and cut.extras["planned_public"] == again.extras["planned_public"] == 10
+    assert cut.queries == again.queries <= 20  # the re-used network is charged its 10 queries again
+    assert len(list(tmp_path.rglob("c2fmi-inverse-*.safetensors"))) == 2  # one per planned size
+
+
+@pytest.mark.parametrize("budget", [0, 10, 40, 100])
+def test_c2fmi_ends_with_what_it_has_when_refused(monkeypatch, budget: int) -> None:  # noqa: ANN001
+    """Planning switched off, the wrapper's refusal (in the public images, the candidates, the extended population
+    or a generation) ends the phase it hits and the attack still returns a result, within the budget."""
+    import invertkit.plugins.attacks.c2fmi as c2fmi
+
+    monkeypatch.setattr(c2fmi, "affordable", lambda target, n, **_: n)
+    monkeypatch.setattr(c2fmi, "_left", lambda target: 10**9)
+    target = make_tiny_target(0, capabilities=ACCESS_LEVELS["black-box"], num_classes=4, input_shape=(1, 8, 8),
+                              budget=budget)
+    result = C2FMI(PLANNED, tiny_context(30))(target, torch.arange(4), prior=TinyPrior((1, 8, 8), 8, 0), seed=0)
+    assert target.exhausted and result.extras["exhausted"] is True
+    assert result.queries == target.queries <= budget
+    assert len(result) == 4 and bool(torch.isfinite(result.images).all())

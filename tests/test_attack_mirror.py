@@ -131,3 +131,48 @@ def test_adjust_lr_ramps_up_and_down() -> None:
     assert adjust_lr(0.25, 50, 100) == pytest.approx(0.25)
     assert adjust_lr(0.25, 100, 100) == pytest.approx(0.0)
     assert 0 < adjust_lr(0.25, 2, 100) < adjust_lr(0.25, 4, 100) < 0.25
+
+
+# ------------------------------------------------------------------------------------------- query budgets
+PLANNED_B = {"pool": 200, "population": 10, "generations": 6, "min_score": 0.999999}
+
+
+def run_b(budget: int | None, cfg: dict[str, Any] = PLANNED_B) -> tuple[Any, Any]:  # noqa: ANN401
+    target = make_tiny_target(0, capabilities=ACCESS_LEVELS["black-box"], num_classes=4, input_shape=(1, 8, 8),
+                              budget=budget)
+    return MirrorB(cfg)(target, torch.arange(4), prior=TinyPrior((1, 8, 8), 8, 0), seed=0), target
+
+
+def test_mirror_b_plans_within_a_tenfold_smaller_budget() -> None:
+    # measured: 416 queries unbudgeted (the pool of 200, then 4 runs x 6 generations x 9 children); under a
+    # budget of 41, a pool of 20 scored styles and one generation of 5 children per run (40 queries)
+    free, _ = run_b(None)
+    assert free.queries == 200 + 4 * 6 * 9 and free.extras["generations"] == [6] * 4
+    assert not free.extras["exhausted"]
+    assert (free.extras["planned_pool"], free.extras["planned_population"], free.extras["planned_generations"]) == (
+        200, 10, 6)
+    budget = free.queries // 10
+    result, target = run_b(budget)
+    assert result.queries == target.queries <= budget and not target.exhausted
+    assert result.extras["exhausted"] is True
+    assert result.extras["planned_pool"] <= budget // 2  # the pool takes at most budget_share (0.5) of it
+    assert sum(result.extras["generations"]) > 0  # and the search still ran on the rest
+    assert result.images.shape == free.images.shape and bool(torch.isfinite(result.images).all())
+    # the budget is given to the search once the pool has what the full search leaves it
+    roomy, target = run_b(free.queries)
+    assert roomy.queries == free.queries and torch.equal(roomy.images, free.images)
+    assert not roomy.extras["exhausted"]
+
+
+@pytest.mark.parametrize("budget", [0, 3, 50, 250])
+def test_mirror_b_ends_with_what_it_has_when_refused(monkeypatch, budget: int) -> None:  # noqa: ANN001
+    """Planning switched off (every phase thinks it can afford its full size), the wrapper's refusal ends the
+    phase it hits, in the pool or in a generation, and the attack still returns its best, within the budget."""
+    import invertkit.plugins.attacks.mirror as mirror
+
+    monkeypatch.setattr(mirror, "affordable", lambda target, n, **_: n)
+    monkeypatch.setattr(mirror, "_left", lambda target: 10**9)
+    result, target = run_b(budget, {**PLANNED_B, "batch_size": 40})
+    assert target.exhausted and result.extras["exhausted"] is True
+    assert result.queries == target.queries <= budget
+    assert len(result) == 4 and bool(torch.isfinite(result.images).all())

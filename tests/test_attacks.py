@@ -134,8 +134,12 @@ def test_nes_query_count_is_exact(scenario, iterations: int, pairs: int, samples
 
 
 @pytest.mark.parametrize("shortfall", [1, 7, 100])
-def test_nes_stops_at_the_budget(scenario, shortfall: int) -> None:  # noqa: ANN001
-    """A budget is a stopping rule: NES ends with what it has, within the budget, and the target says so."""
+def test_nes_stops_at_the_budget(scenario, shortfall: int, monkeypatch) -> None:  # noqa: ANN001
+    """A budget is a stopping rule: with its planning switched off (it thinks it can afford every iteration), NES
+    ends with what it has at the wrapper's refusal, within the budget, and the target says so."""
+    import invertkit.plugins.attacks.nes as nes
+
+    monkeypatch.setattr(nes, "affordable", lambda target, n, **_: n)
     iterations, pairs, labels = 4, 3, identities(1)
     per_iteration = 2 * pairs * len(labels)
     needed = iterations * per_iteration
@@ -153,6 +157,27 @@ def test_nes_runs_within_an_exact_budget(scenario) -> None:  # noqa: ANN001
     target = black_box(scenario, budget=2 * 2 * 2 * len(labels))
     result = NES({"iterations": 2, "pairs": 2})(target, labels, prior=scenario.prior, seed=0)
     assert result.queries == target.queries == target.budget
+    assert not result.extras["exhausted"] and result.extras["planned_iterations"] == 2
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "nevergrad:TwoPointsDE"])
+def test_nes_plans_within_a_tenfold_smaller_budget(scenario, optimizer: str) -> None:  # noqa: ANN001
+    # measured: 800 queries unbudgeted (20 iterations x 2 x 4 pairs x 5 latents); under a budget of 80, 2
+    # iterations of each latent's share (80 queries), the wrapper refusing nothing
+    labels, cfg = identities(1), {"iterations": 20, "pairs": 4, "optimizer": optimizer}
+    free = NES(cfg)(black_box(scenario), labels, prior=scenario.prior, seed=0)
+    assert free.queries == 20 * 2 * 4 * len(labels) and not free.extras["exhausted"]
+    budget = free.queries // 10
+    target = black_box(scenario, budget=budget)
+    result = NES(cfg)(target, labels, prior=scenario.prior, seed=0)
+    assert result.queries == target.queries <= budget and not target.exhausted
+    assert result.extras["exhausted"] is True and result.extras["planned_iterations"] == 2
+    assert result.images.shape == free.images.shape and bool(torch.isfinite(result.images).all())
+    # below one iteration of every pair: one iteration of the pairs that fit; below one pair, the start
+    small = NES(cfg)(black_box(scenario, budget=23), labels, prior=scenario.prior, seed=0)
+    assert (small.extras["planned_iterations"], small.extras["planned_pairs"], small.queries) == (1, 2, 20)
+    none = NES(cfg)(black_box(scenario, budget=9), labels, prior=scenario.prior, seed=0)
+    assert none.queries == 0 and none.extras["exhausted"] is True and bool(torch.isfinite(none.images).all())
 
 
 def test_random_prior_makes_no_query(scenario) -> None:  # noqa: ANN001

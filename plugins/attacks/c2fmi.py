@@ -57,11 +57,28 @@ Deliberate differences:
   bottom of its range (the official anti-defense variant trains on truncated vectors, ``inverse_trunc``).
 * The embedding model is trained here on the public split (the official one is pre-trained on another face
   data set), from scratch, without the triplet loss.
+* *Planning within a query budget (ours, not in the paper).* The official code has no query budget. Given one
+  (``target.budget``, public knowledge of an API quota), the attack sizes itself with
+  :func:`~invertkit.core.interfaces.access.affordable` instead of failing. When the whole run (the public
+  images, then per row the candidates, the extended population and every generation) would not fit in what is
+  left, the inverse network is trained on the answers for what the full-size search leaves, or for
+  ``budget_share`` of what is left where that is more: ``planned_public`` public images, a seeded (seed 0)
+  subset of the split, their number in the network's cache key; with none, stage 1 is skipped (the candidates
+  stay the random latents). What is left then is split evenly across the attacked rows (they advance together
+  and cost the same): a row's share buys its ``candidates``, its extended population and as many generations
+  as fit (the DE then runs as C2FMI's DE of that many generations, ``beta``'s decay included). A share that
+  cannot buy that setup runs no DE: it scores the candidates it can afford, those with the lowest stage-1
+  loss, and returns the most confident (with none scored, the lowest stage-1 loss, score ``-inf``). Whatever
+  was cut, ``extras["exhausted"]`` is True, and ``planned_public``, ``planned_candidates``, ``planned_popsize``
+  and ``planned_generations`` give the sizes planned. Should a query still be refused
+  (``QueryBudgetExceeded``), the phase it hits ends with what was answered. Without a budget the run is
+  unchanged (the same queries and images).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -70,8 +87,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from invertkit.core.errors import ConfigError, UsageError
+from invertkit.core.errors import ConfigError, QueryBudgetExceeded, UsageError
 from invertkit.core.hookspecs import hookimpl
+from invertkit.core.interfaces.access import affordable
 from invertkit.core.interfaces.attack import Attack, AttackConfig
 from invertkit.core.interfaces.capability import Capability as C
 from invertkit.core.interfaces.results import AttackResult
@@ -138,8 +156,10 @@ def _pymoo():  # noqa: ANN202 - imported when the attack runs (listing imports n
     return DE, InfillCriterion, Population, Problem, mut_binomial
 
 
-def make_variant(cfg: Any) -> Any:
-    """C2FMI's donor and crossover (``DE_c2b_5_bin2.step``) as a pymoo DE variant (an ``InfillCriterion``)."""
+def make_variant(cfg: Any, generations: int | None = None) -> Any:
+    """C2FMI's donor and crossover (``DE_c2b_5_bin2.step``) as a pymoo DE variant (an ``InfillCriterion``), for a
+    run of ``generations`` (default ``cfg.generations``; beta's decay is over that run's last generations)."""
+    total = cfg.generations if generations is None else int(generations)
     _, InfillCriterion, Population, _, mut_binomial = _pymoo()
 
     class C2FMIVariant(InfillCriterion):
@@ -151,7 +171,7 @@ def make_variant(cfg: Any) -> Any:
             self.generation = 0
 
         def _do(self, problem, pop, n_offsprings, random_state=None, **kwargs):  # noqa: ANN001, ANN202
-            g, G = self.generation, cfg.generations
+            g, G = self.generation, total
             self.generation += 1
             beta = cfg.F if g < G - cfg.decay_generations else cfg.F * (G - g) / 50.0
             X = pop.get("X")
@@ -214,6 +234,10 @@ class C2FMI(Attack):
         decay_generations: int = Field(30, ge=0, description="last generations over which beta decays "
                                        "(DE_c2b_5_bin2: 30, as 0.1 * (G - g) / 50)")
         batch_size: int = Field(1024, ge=1, description="latents decoded and queried at once")
+        budget_share: float = Field(
+            0.5, gt=0, le=1, description="under a query budget too small for the whole run, the most of what is "
+            "left that the inverse network's training set (queried public images) may take (ours, not C2FMI's: "
+            "0.5, an even split between the coarse stage's data and the fine search; the paper gives none)")
 
     # ---------------------------------------------------------------------------------- derived models
     def _public(self) -> tuple[Tensor, Tensor]:
@@ -262,12 +286,19 @@ class C2FMI(Attack):
         emb.requires_grad_(False)
         return emb.eval()
 
-    def inverse(self, target: Any, emb: Embedding, images: Tensor, labels: Tensor, device: torch.device) -> InverseNet:
-        """The inverse network, trained on the target's answers for the public images (one query each)."""
+    def inverse(self, target: Any, emb: Embedding, images: Tensor, labels: Tensor, device: torch.device,
+                queried: int | None = None) -> InverseNet:
+        """The inverse network, trained on the target's answers for the public images (one query each); for
+        ``queried`` of them (all by default), a subset drawn with seed 0 (in the split's order)."""
         from invertkit.core.zoo.scenario import fingerprint
         from invertkit.core.zoo.train import fit
 
         cfg = self.config
+        n = len(images) if queried is None else int(queried)
+        data = (images, labels)
+        if n < len(images):
+            subset = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:n].sort().values
+            images, labels = images[subset], labels[subset]
         with torch.no_grad():
             out_dim = int(emb(images[:1].to(device)).shape[1])
 
@@ -292,7 +323,7 @@ class C2FMI(Attack):
                 on_epoch=_step_schedule(opt, cfg.inverse_lr, cfg.inverse_step, cfg.inverse_gamma))
             return net
 
-        key = {"what": "c2fmi-inverse", "data": fingerprint(images, labels), "embedding": cfg.embed_arch,
+        key = {"what": "c2fmi-inverse", "data": fingerprint(*data), "queried": n, "embedding": cfg.embed_arch,
                "output": cfg.embed_output, "embed_epochs": cfg.embed_epochs, "embed_lr": cfg.embed_lr,
                "embed_batch": cfg.embed_batch, "embed_gamma": cfg.embed_gamma, "hidden": cfg.inverse_hidden,
                "dropout": cfg.inverse_dropout, "trunc": cfg.inverse_trunc, "epochs": cfg.inverse_epochs,
@@ -311,14 +342,29 @@ class C2FMI(Attack):
         images, public_labels = self._public()
         device = prior.device
         emb = self.embedding(images, public_labels, device)
-        inv = self.inverse(target, emb, images, public_labels, device)
-        DE, _, Population, Problem, _ = _pymoo()
+        _pymoo()  # before any query: pymoo is there
 
         shape = tuple(prior.style_shape)
         dim = int(math.prod(shape))
         conditional = bool(getattr(prior, "conditional", False))
         R, K = len(labels), cfg.candidates
+        n_extra = cfg.popsize - cfg.keep
         y = labels.to(device)
+        budgeted = target.budget is not None
+        refused = False
+
+        # ---- the inverse network's training set: every public image, unless the whole run does not fit
+        per_row = K + n_extra + cfg.generations * cfg.popsize
+        queried = len(images)
+        if budgeted and len(images) + R * per_row > _left(target):
+            rest = max(0, _left(target) - R * per_row)  # what the full-size search leaves
+            queried = max(affordable(target, len(images), share=cfg.budget_share), min(len(images), rest))
+        inv = None
+        if queried > 0:
+            try:
+                inv = self.inverse(target, emb, images, public_labels, device, queried)
+            except QueryBudgetExceeded:
+                refused = True
 
         def styles(n: int) -> Tensor:
             with torch.no_grad():
@@ -339,23 +385,78 @@ class C2FMI(Attack):
         # ---- stage 1: latents towards the inverse network's embedding of the identity (no query)
         w = styles(2 * R * K).view(R * K, 2, dim).mean(1).clone().requires_grad_(True)
         yk = y.repeat_interleave(K)
-        opt = torch.optim.Adam([w], lr=cfg.coarse_lr)
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.coarse_step_size, gamma=cfg.coarse_gamma)
-        for _ in range(cfg.coarse_steps):
-            v = torch.randn((R * K, target.num_classes), generator=generator).abs().to(device)
-            v[torch.arange(R * K), yk] = 1e18
-            with torch.no_grad():
-                goal = inv(F.normalize(v, p=2, dim=1))
-            loss = F.mse_loss(emb(decode(w, yk)), goal)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+        goal = None
+        if inv is not None:
+            opt = torch.optim.Adam([w], lr=cfg.coarse_lr)
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.coarse_step_size, gamma=cfg.coarse_gamma)
+            for _ in range(cfg.coarse_steps):
+                v = torch.randn((R * K, target.num_classes), generator=generator).abs().to(device)
+                v[torch.arange(R * K), yk] = 1e18
+                with torch.no_grad():
+                    goal = inv(F.normalize(v, p=2, dim=1))
+                loss = F.mse_loss(emb(decode(w, yk)), goal)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
         w = w.detach()
-        first = confidence(w, yk).view(R, K)
-        top = torch.topk(first, cfg.keep, dim=1)
 
-        # ---- stage 2: differential evolution on the target's confidence (pymoo)
+        # ---- the plan: what is left, split evenly across the rows (they advance together, at the same cost)
+        generations, scored, run_de = cfg.generations, K, True
+        if budgeted:
+            share = affordable(target, per_row, share=1.0 / R)
+            if share >= K + n_extra:
+                generations = min(cfg.generations, (share - K - n_extra) // cfg.popsize)
+            else:  # no DE: each row scores the candidates it can afford
+                generations, scored, run_de = 0, min(K, share), False
+
+        def gaps() -> Tensor:
+            """Each candidate's stage-1 loss against the last goal, ``(R, K)`` (no query; 0 without stage 1)."""
+            if goal is None:
+                return torch.zeros(R, K)
+            with torch.no_grad():
+                return (emb(decode(w, yk)) - goal).pow(2).flatten(1).mean(1).view(R, K).cpu()
+
+        first = None  # the target's confidence in the candidates, (R, K); -inf where not asked
+        if run_de or scored > 0:
+            # all candidates (DE), else those closest to the inverse network's goal
+            order = torch.arange(K).repeat(R, 1) if run_de else torch.argsort(gaps(), dim=1, stable=True)
+            asked = order[:, :scored]
+            try:
+                answered = confidence(w.view(R, K, dim)[torch.arange(R)[:, None], asked].reshape(R * scored, dim),
+                                      y.repeat_interleave(scored)).view(R, scored)
+                first = torch.full((R, K), -math.inf, dtype=torch.float64).scatter(1, asked, answered)
+            except QueryBudgetExceeded:
+                refused, run_de = True, False
+
+        if run_de:  # ---- stage 2: differential evolution on the target's confidence (pymoo)
+            w_best, scores, refused_de = self._fine(w, first, y, R, dim, generations, styles, confidence, generator)
+            refused = refused or refused_de
+        else:  # the coarse stage's result: its most confident scored candidate (none scored: the closest)
+            pick = gaps().argmin(1) if first is None else first.argmax(1)
+            scores = torch.full((R,), -math.inf) if first is None else first.max(1).values.float()
+            w_best = w.view(R, K, dim)[torch.arange(R), pick.to(w.device)]
+        with torch.no_grad():
+            out = torch.cat([decode(w_best[sl], y[sl]) for sl in batched(R, cfg.batch_size)])
+        stage1 = (first.max(1).values if first is not None else torch.full((R,), -math.inf)).tolist()
+        cut = queried < len(images) or not run_de or generations < cfg.generations
+        extras = {"stage1_best_confidence": stage1, "public_images": len(images), "planned_public": queried,
+                  "planned_candidates": scored, "planned_popsize": cfg.popsize if run_de else 0,
+                  "planned_generations": generations, "exhausted": bool(refused or (budgeted and cut))}
+        return AttackResult(self.name, out, labels, scores, 0, 0.0, seed, {}, latents=w_best, extras=extras)
+
+    def _fine(self, w: Tensor, first: Tensor, y: Tensor, R: int, dim: int, generations: int,  # noqa: N803
+              styles: Callable[[int], Tensor], confidence: Callable[[Tensor, Tensor], Tensor],
+              generator: torch.Generator) -> tuple[Tensor, Tensor, bool]:
+        """Stage 2: each row's ``keep`` most confident candidates extended to a population, then ``generations``
+        of C2FMI's DE per row (pymoo), every row in one batch of queries per generation. Returns the best
+        latents, their confidences, and whether a query was refused (a refused batch is dropped: before the DE,
+        the row keeps its best candidate; during it, its population)."""
+        cfg = self.config
+        DE, _, Population, Problem, _ = _pymoo()
+        device = w.device
+        K = cfg.candidates
+        top = torch.topk(first, cfg.keep, dim=1)
         seeds = torch.randint(2**31 - 1, (R,), generator=generator).tolist()
         n_extra = cfg.popsize - cfg.keep
         rand_w = styles(3 * R * n_extra).view(R, n_extra, 3, dim).mean(2).cpu().double().numpy()
@@ -371,21 +472,29 @@ class C2FMI(Attack):
                 u = 0.5 * (0.5 * (kept[a] + kept[b]) + kept[c])
                 extra.append(0.7 * u + 0.3 * rand_w[r, j])
             starts.append(np.concatenate([kept, np.stack(extra)]) if extra else kept)
-        extra_fit = (confidence(torch.from_numpy(np.concatenate([s[cfg.keep:] for s in starts])).float().to(device),
-                                y.repeat_interleave(n_extra)).view(R, n_extra) if n_extra else torch.zeros(R, 0))
+        try:
+            extra_fit = (confidence(torch.from_numpy(np.concatenate([s[cfg.keep:] for s in starts])).float().to(device),
+                                    y.repeat_interleave(n_extra)).view(R, n_extra) if n_extra else torch.zeros(R, 0))
+        except QueryBudgetExceeded:
+            return w.view(R, K, dim)[torch.arange(R), top.indices[:, 0].to(device)], top.values[:, 0].float(), True
         for r in range(R):
             pop = Population.new("X", starts[r])
             pop.set("F", -torch.cat([top.values[r], extra_fit[r]]).numpy()[:, None])
-            algorithm = DE(pop_size=cfg.popsize, sampling=pop, variant=make_variant(cfg))
-            algorithm.setup(problem, termination=("n_gen", cfg.generations + 1), seed=int(seeds[r]), verbose=False)
+            algorithm = DE(pop_size=cfg.popsize, sampling=pop, variant=make_variant(cfg, generations))
+            algorithm.setup(problem, termination=("n_gen", generations + 1), seed=int(seeds[r]), verbose=False)
             algorithm.tell(infills=algorithm.ask())
             runs.append(algorithm)
 
+        refused = False
         y_pop = y.repeat_interleave(cfg.popsize)
-        for _ in range(cfg.generations):
+        for _ in range(generations):
             asked = [a.ask() for a in runs]
             trials = torch.from_numpy(np.concatenate([t.get("X") for t in asked])).float().to(device)
-            fit = confidence(trials, y_pop).view(R, cfg.popsize)
+            try:
+                fit = confidence(trials, y_pop).view(R, cfg.popsize)
+            except QueryBudgetExceeded:
+                refused = True
+                break
             for r, (a, t) in enumerate(zip(runs, asked)):
                 t.set("F", -fit[r].numpy()[:, None])
                 a.tell(infills=t)
@@ -395,12 +504,12 @@ class C2FMI(Attack):
             i = int(np.argmin(a.pop.get("F")[:, 0]))
             best.append(a.pop.get("X")[i])
             scores.append(-float(a.pop.get("F")[i, 0]))
-        w_best = torch.from_numpy(np.stack(best)).float().to(device)
-        with torch.no_grad():
-            out = torch.cat([decode(w_best[sl], y[sl]) for sl in batched(R, cfg.batch_size)])
-        extras = {"stage1_best_confidence": top.values[:, 0].tolist(), "public_images": len(images)}
-        return AttackResult(self.name, out, labels, torch.tensor(scores), 0, 0.0, seed, {}, latents=w_best,
-                            extras=extras)
+        return torch.from_numpy(np.stack(best)).float().to(device), torch.tensor(scores), refused
+
+
+def _left(target: Any) -> int:
+    """Queries left of ``target``'s budget (it has one)."""
+    return max(0, int(target.budget) - int(target.queries))
 
 
 @hookimpl

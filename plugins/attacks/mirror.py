@@ -78,6 +78,20 @@ Deliberate differences:
 * *Best (mirror-w).* The official keeps the batch's best step (lowest batch loss); here each row keeps its own
   best, at the latents where that loss was measured.
 * *mirror-w's loss* reads ``logits`` (``requires = {grad, logits}``), as the official ``nn.CrossEntropyLoss``.
+* *Planning within a query budget (mirror-b; ours, not in the paper).* The official code has no query budget.
+  Given one (``target.budget``, public knowledge of an API quota), mirror-b sizes itself with
+  :func:`~invertkit.core.interfaces.access.affordable` instead of failing. When the whole run (the pool plus
+  every generation of every run, ``min_score`` aside) would not fit in what is left, scoring the pool takes
+  what the full-size search leaves, or ``budget_share`` of what is left where that is more. The pool is still
+  *sampled* in full (no query), so the p-space bound and the random stream are those of the unbudgeted run;
+  only its first ``planned_pool`` styles are scored. Before each generation every run still to do (not at
+  ``min_score`` nor at ``generations``) gets its next generation only if it fits in ``1 / runs still to do``
+  of what is left (a run that stops frees its share for the others). Where not even one generation of a full
+  population fits a run's share, its population is cut to what that share buys; a run whose scored shard
+  cannot seed a population returns the best style it scored (with none scored, its shard's first style,
+  score ``-inf``). Whatever was cut, ``extras["exhausted"]`` is True, and ``planned_pool``,
+  ``planned_population`` and ``planned_generations`` give the sizes planned. Should a query still be refused
+  (``QueryBudgetExceeded``), the phase it hits ends with what was answered. Without a budget nothing changes.
 """
 
 from __future__ import annotations
@@ -91,8 +105,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from invertkit.core.errors import ConfigError
+from invertkit.core.errors import ConfigError, QueryBudgetExceeded
 from invertkit.core.hookspecs import hookimpl
+from invertkit.core.interfaces.access import affordable
 from invertkit.core.interfaces.attack import Attack, AttackConfig
 from invertkit.core.interfaces.capability import Capability as C
 from invertkit.core.interfaces.results import AttackResult
@@ -330,6 +345,10 @@ class MirrorB(Attack):
         crossover_bias: Literal["official", "fitter"] = Field(
             "official", description="parent 1's gene probability: f1/(f1+f2) of the log-confidences as the "
             "official code ('official'), or the confidences' share ('fitter')")
+        budget_share: float = Field(
+            0.5, gt=0, le=1, description="under a query budget too small for the whole run, the most of what is "
+            "left that scoring the pool may take (ours, not MIRROR's: 0.5, the pool's share of one official run, "
+            "100,000 pool queries against 100 generations x 999 children)")
 
     def run(self, target, labels, *, prior, seed, generator) -> AttackResult:  # noqa: ANN001
         cfg = self.config
@@ -342,20 +361,56 @@ class MirrorB(Attack):
         conditional = bool(getattr(prior, "conditional", False))
         classes = sorted(set(labels.tolist()))
         column = {y: j for j, y in enumerate(classes)}
-        table = pool_table(lambda x: released_confidences(target, x), space, pool, classes, conditional)
-        log_table = table.clamp_min(FLOOR).log()
-
         rank, count = occurrences(labels)
-        seeds = torch.randint(2**31 - 1, (len(labels),), generator=generator).tolist()
-        problem = Problem(n_var=space.dim, n_obj=1)
-        runs = []
-        pool_np = pool.detach().double().cpu().numpy()
+        shards = [len(range(int(rank[r]), cfg.pool, int(count[r]))) for r in range(len(labels))]
         for r, y in enumerate(labels.tolist()):
-            shard = torch.arange(int(rank[r]), cfg.pool, int(count[r]))
-            n = min(cfg.population, len(shard))
-            if n <= cfg.elites:
-                raise ConfigError(f"mirror-b: a pool shard of {len(shard)} styles cannot seed a population "
+            if shards[r] <= cfg.elites:
+                raise ConfigError(f"mirror-b: a pool shard of {shards[r]} styles cannot seed a population "
                                   f"(pool {cfg.pool}, {int(count[r])} runs of identity {y})")
+
+        # ---- the scored pool: all of it, unless the whole run does not fit in what is left of the budget
+        per_style = len(classes) if conditional else 1
+        full_pops = [min(cfg.population, size) for size in shards]
+        search = cfg.generations * sum(n - cfg.elites for n in full_pops)
+        scored = cfg.pool
+        if target.budget is not None and cfg.pool * per_style + search > _left(target):
+            rest = max(0, _left(target) - search) // per_style  # what the full-size search leaves to the pool
+            scored = max(affordable(target, cfg.pool, each=per_style, share=cfg.budget_share), min(cfg.pool, rest))
+        refused = False
+        table = torch.zeros(scored, len(classes))
+        done = 0
+        try:
+            for sl in batched(scored, cfg.batch_size):
+                table[sl] = pool_table(lambda x: released_confidences(target, x), space, pool[sl], classes,
+                                       conditional)
+                done = sl.stop
+        except QueryBudgetExceeded:
+            refused = True
+        log_table = table[:done].clamp_min(FLOOR).log()
+
+        # ---- one genetic algorithm per row, its population cut where not one generation of it fits
+        R = len(labels)
+        seeds = torch.randint(2**31 - 1, (R,), generator=generator).tolist()
+        problem = Problem(n_var=space.dim, n_obj=1)
+        runs: list[Any] = []
+        fallback: dict[int, tuple[np.ndarray, float]] = {}  # rows whose scored shard cannot seed a population
+        pool_np = pool.detach().double().cpu().numpy()
+        populations = []
+        for r, y in enumerate(labels.tolist()):
+            shard = torch.tensor(range(int(rank[r]), done, int(count[r])), dtype=torch.long)
+            n = min(cfg.population, len(shard))
+            if target.budget is not None and n > cfg.elites and not affordable(target, 1, each=n - cfg.elites,
+                                                                                   share=1.0 / R):
+                n = cfg.elites + affordable(target, n - cfg.elites, share=1.0 / R)
+            populations.append(n)
+            if n <= cfg.elites:  # only under a budget: the row keeps the best style it could score
+                if len(shard):
+                    fit, i = log_table[shard, column[y]].max(0)
+                    fallback[r] = (pool_np[int(shard[i])], float(fit))
+                else:
+                    fallback[r] = (pool_np[int(rank[r])], -math.inf)
+                runs.append(None)
+                continue
             fit, idx = torch.topk(log_table[shard, column[y]], n)
             start = Population.new("X", pool_np[shard[idx].numpy()])
             start.set("F", -fit.double().numpy()[:, None])
@@ -364,24 +419,37 @@ class MirrorB(Attack):
             algorithm.setup(problem, termination=("n_gen", cfg.generations + 1), seed=int(seeds[r]), verbose=False)
             algorithm.tell(infills=algorithm.ask())
             runs.append(algorithm)
+        children = {r: populations[r] - cfg.elites for r, a in enumerate(runs) if a is not None}
+        planned_generations = min((affordable(target, cfg.generations, each=c, share=1.0 / R)
+                                   for c in children.values()), default=0)
 
         threshold = math.log(cfg.min_score)
         ys = labels.to(prior.device)
-        generations_run = [0] * len(runs)
+        generations_run = [0] * R
         for _ in range(cfg.generations):
-            active = [r for r, a in enumerate(runs) if -float(a.pop.get("F")[:, 0].min()) < threshold]
+            if refused:
+                break
+            todo = [r for r, a in enumerate(runs) if a is not None and generations_run[r] < cfg.generations
+                    and -float(a.pop.get("F")[:, 0].min()) < threshold]
+            # under a budget, each run still to do goes on while its generation fits in its share of what is left
+            active = [r for r in todo if affordable(target, 1, each=children[r], share=1.0 / len(todo))]
             if not active:
                 break
             asked = {r: runs[r].ask() for r in active}
             w = torch.from_numpy(np.concatenate([asked[r].get("X") for r in active])).float().to(prior.device)
             rows = torch.cat([torch.full((len(asked[r]),), r, dtype=torch.long) for r in active])
             fitness = torch.empty(len(w), dtype=torch.float64)
-            for sl in batched(len(w), cfg.batch_size):
-                yy = ys[rows[sl].to(ys.device)]
-                with torch.no_grad():
-                    x = space.decode(w[sl], yy if conditional else None)
-                conf = released_confidences(target, x)
-                fitness[sl] = conf.gather(1, labels[rows[sl]].view(-1, 1)).squeeze(1).clamp_min(FLOOR).log().double()
+            try:
+                for sl in batched(len(w), cfg.batch_size):
+                    yy = ys[rows[sl].to(ys.device)]
+                    with torch.no_grad():
+                        x = space.decode(w[sl], yy if conditional else None)
+                    conf = released_confidences(target, x)
+                    picked = conf.gather(1, labels[rows[sl]].view(-1, 1)).squeeze(1)
+                    fitness[sl] = picked.clamp_min(FLOOR).log().double()
+            except QueryBudgetExceeded:  # the generation is dropped; every run keeps its population
+                refused = True
+                break
             start = 0
             for r in active:
                 k = len(asked[r])
@@ -391,7 +459,11 @@ class MirrorB(Attack):
                 start += k
 
         elites, scores = [], []
-        for a in runs:
+        for r, a in enumerate(runs):
+            if a is None:
+                elites.append(fallback[r][0])
+                scores.append(fallback[r][1])
+                continue
             best = int(np.argmin(a.pop.get("F")[:, 0]))
             elites.append(a.pop.get("X")[best])
             scores.append(-float(a.pop.get("F")[best, 0]))
@@ -399,8 +471,19 @@ class MirrorB(Attack):
         with torch.no_grad():
             images = torch.cat([space.decode(w[sl], ys[sl] if conditional else None)
                                 for sl in batched(len(w), cfg.batch_size)])
-        extras = {"generations": generations_run, "pool": cfg.pool, "style_space": space.style}
+        stopped_short = any(a is not None and generations_run[r] < cfg.generations
+                            and -float(a.pop.get("F")[:, 0].min()) < threshold for r, a in enumerate(runs))
+        cut = done < cfg.pool or populations != full_pops or stopped_short
+        extras = {"generations": generations_run, "pool": cfg.pool, "style_space": space.style,
+                  "planned_pool": scored, "planned_population": min(populations),
+                  "planned_generations": planned_generations,
+                  "exhausted": bool(refused or (target.budget is not None and cut))}
         return AttackResult(self.name, images, labels, torch.tensor(scores), 0, 0.0, seed, {}, latents=w, extras=extras)
+
+
+def _left(target: Any) -> int:
+    """Queries left of ``target``'s budget (it has one)."""
+    return max(0, int(target.budget) - int(target.queries))
 
 
 # ------------------------------------------------------------------------------------------ mirror-w

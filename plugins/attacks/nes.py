@@ -12,6 +12,15 @@ independent ones with a mean baseline), ``pairs`` (half the population), ``sigma
 on the estimated gradient (``adam``, ``sgd``), or any derivative-free optimiser of nevergrad
 (``nevergrad:<name>``, e.g. ``nevergrad:CMA``, ``nevergrad:TwoPointsDE``, ``nevergrad:PSO``), one per latent,
 asked for the same population per step (so the same queries per iteration), bounded to ``[-clip, clip]``.
+
+Planning within a query budget (ours, not in Ilyas et al.). Given a budget (``target.budget``, public knowledge
+of an API quota), the attack sizes itself with :func:`~invertkit.core.interfaces.access.affordable` rather than
+running until the wrapper refuses: the latents advance together and cost the same, so what is left is split
+evenly across them (``share = 1 / rows``) and the run is cut to the iterations that share buys
+(``planned_iterations``; a nevergrad optimiser is given that budget of candidates); where not even one
+iteration of ``pairs`` fits, one iteration of the pairs that do (``planned_pairs``); with none, the latents stay
+at their start (score ``-inf``). Whatever was cut, ``extras["exhausted"]`` is True. A refusal
+(``QueryBudgetExceeded``) still ends the run with what it has. Without a budget nothing changes.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from pydantic import Field, field_validator
 
 from invertkit.core.errors import QueryBudgetExceeded
 from invertkit.core.hookspecs import hookimpl
+from invertkit.core.interfaces.access import affordable
 from invertkit.core.interfaces.attack import Attack, AttackConfig
 from invertkit.core.interfaces.capability import Capability as C
 from invertkit.core.interfaces.results import AttackResult
@@ -77,22 +87,36 @@ class NES(Attack):
                     return -cfg.prior_weight * prior.realism(prior.decode(zz, yy))
             return torch.zeros(len(zz), device=zz.device)
 
-        if cfg.optimizer.startswith("nevergrad:"):
-            z, loss, exhausted = self._nevergrad(z0, y, identity_loss, prior_loss, seed)
+        # the plan: every latent's share of what is left of the budget (all of the configured run without one)
+        n = len(labels)
+        iterations, pairs = cfg.iterations, cfg.pairs
+        if target.budget is not None:
+            iterations = affordable(target, cfg.iterations, each=2 * cfg.pairs, share=1.0 / n)
+            if iterations == 0:  # not one iteration of ``pairs``: one of the pairs that fit, if any
+                pairs = affordable(target, cfg.pairs, each=2, share=1.0 / n)
+                iterations = 1 if pairs else 0
+        cut = iterations < cfg.iterations or pairs < cfg.pairs
+        if iterations == 0:
+            z = z0.clamp(-cfg.clip, cfg.clip) if cfg.clip is not None else z0
+            loss, exhausted = torch.full((n,), float("inf")), False
+        elif cfg.optimizer.startswith("nevergrad:"):
+            z, loss, exhausted = self._nevergrad(z0, y, identity_loss, prior_loss, seed, iterations, pairs)
         else:
-            z, loss, exhausted = self._estimated(z0, y, identity_loss, prior, generator)
+            z, loss, exhausted = self._estimated(z0, y, identity_loss, prior, generator, iterations, pairs)
         with torch.no_grad():
             images = prior.decode(z, y)
         return AttackResult(self.name, images, labels, -loss.cpu(), 0, 0.0, seed, {}, latents=z,
-                            extras={"exhausted": exhausted})
+                            extras={"exhausted": bool(exhausted or cut), "planned_iterations": iterations,
+                                    "planned_pairs": pairs})
 
-    def _estimated(self, z0, y, identity_loss, prior, generator):  # noqa: ANN001, ANN202
-        """The NES gradient estimate, and a step of ``optimizer`` on it (the prior term differentiated exactly)."""
+    def _estimated(self, z0, y, identity_loss, prior, generator, iterations: int, pairs: int):  # noqa: ANN001, ANN202
+        """The NES gradient estimate with ``pairs``, and ``iterations`` steps of ``optimizer`` on it (the prior term
+        differentiated exactly)."""
         cfg = self.config
 
         def estimate(z: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            yy = y[idx].repeat_interleave(2 * cfg.pairs)
-            loss, grad = nes_gradient(lambda zz: identity_loss(zz, yy), z, sigma=cfg.sigma, pairs=cfg.pairs,
+            yy = y[idx].repeat_interleave(2 * pairs)
+            loss, grad = nes_gradient(lambda zz: identity_loss(zz, yy), z, sigma=cfg.sigma, pairs=pairs,
                                       generator=generator, antithetic=cfg.antithetic)
             if cfg.prior_weight > 0 and prior.has_discriminator:
                 zz = z.detach().requires_grad_(True)
@@ -102,14 +126,15 @@ class NES(Attack):
                 loss = loss - cfg.prior_weight * realism.detach()
             return loss, grad
 
-        out = optimise(z0, iterations=cfg.iterations, lr=cfg.lr, optimizer=cfg.optimizer, momentum=0.0,
+        out = optimise(z0, iterations=iterations, lr=cfg.lr, optimizer=cfg.optimizer, momentum=0.0,
                        estimate=estimate,
                        project=(lambda z: z.clamp(-cfg.clip, cfg.clip)) if cfg.clip is not None else None)
         return out.params, out.loss, out.exhausted
 
-    def _nevergrad(self, z0, y, identity_loss, prior_loss, seed):  # noqa: ANN001, ANN202
-        """One nevergrad optimiser per latent, each asked for ``2 * pairs`` candidates per step; every step's
-        candidates of all latents are one batch of queries. The loss is the identity loss plus the prior term;
+    def _nevergrad(self, z0, y, identity_loss, prior_loss, seed, iterations: int, pairs: int):  # noqa: ANN001, ANN202
+        """One nevergrad optimiser per latent (budget ``iterations * 2 * pairs``), each asked for ``2 * pairs``
+        candidates per step for ``iterations`` steps; every step's candidates of all latents are one batch of
+        queries. The loss is the identity loss plus the prior term;
         each latent's result is its optimiser's recommendation (for the noise-free losses here, the best
         candidate it was told)."""
         import nevergrad as ng
@@ -117,7 +142,7 @@ class NES(Attack):
         cfg = self.config
         name = cfg.optimizer.partition(":")[2]
         n, shape = len(z0), tuple(z0.shape[1:])
-        pop = 2 * cfg.pairs
+        pop = 2 * pairs
         opts = []
         if cfg.clip is not None:
             z0 = z0.clamp(-cfg.clip, cfg.clip)  # nevergrad's bounded arrays start inside their bounds
@@ -127,12 +152,12 @@ class NES(Attack):
                 param.set_bounds(-cfg.clip, cfg.clip)
             param.set_mutation(sigma=cfg.sigma)
             param.random_state.seed(seed * 100_003 + i)
-            opts.append(ng.optimizers.registry[name](parametrization=param, budget=cfg.iterations * pop,
+            opts.append(ng.optimizers.registry[name](parametrization=param, budget=iterations * pop,
                                                      num_workers=pop))
         best = torch.full((n,), float("inf"))
         best_z = z0.detach().clone()
         exhausted = False
-        for _ in range(cfg.iterations):
+        for _ in range(iterations):
             cands = [[o.ask() for _ in range(pop)] for o in opts]
             zz = torch.tensor([[c.value for c in row] for row in cands], dtype=z0.dtype).reshape(n * pop, *shape)
             zz = zz.to(z0.device)
