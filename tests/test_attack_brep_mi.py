@@ -1,5 +1,6 @@
 """BREP-MI (plugins/attacks/brep_mi.py): the attack contract, the repulsion mechanics on a hand-made linear
-boundary, exact query accounting, and quality through a label-only target on the bundled digits preset.
+boundary, exact query accounting, planning within a query budget (every identity its allowance) and a refused
+query, and quality through a label-only target on the bundled digits preset.
 
 Why the bundled ``digits`` preset and not the tiny one: BREP-MI starts from a prior sample the target labels as
 the identity, and the tiny preset's briefly trained prior draws images the tiny CNN labels 0 (20,000 of 20,000
@@ -157,18 +158,80 @@ def test_brep_mi_beats_the_random_prior_through_labels_only(digits) -> None:  # 
     assert sum(accs) / 2 >= baseline + 0.25, (accs, baseline)
 
 
-def test_a_budget_ends_the_run_with_what_it_has() -> None:
-    # the same search as above without a budget takes more queries than 60; with a budget of 60 the target
+def argmax_target(dim: int = 8, classes: int = 4, budget: int | None = None) -> Restricted:
+    """Class ``argmax_i z_i`` over the latent's first ``classes`` coordinates; label-only. Under the linear prior
+    each class is a cone a quarter of the samples fall in: a batch or two finds every identity."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(dim, classes))
+    with torch.no_grad():
+        net[1].weight.zero_()
+        net[1].bias.zero_()
+        for i in range(classes):
+            net[1].weight[i, i] = 10.0
+    inner = TorchTarget(net, num_classes=classes, input_shape=(1, 1, dim), name="argmax")
+    return Restricted(inner, ACCESS_LEVELS["label-only"], budget=budget)
+
+
+#: 4 identities x 2 rows, 40 spheres of 8 + 1 labels per row
+PLANNED: dict[str, Any] = {"sphere_points": 8, "max_iters_at_radius": 1000, "init_batch": 8, "max_steps": 40}
+
+
+def test_a_budget_ten_times_smaller_gives_every_identity_its_share() -> None:
+    labels = torch.arange(4).repeat(2)
+    free = BREPMI(PLANNED)(argmax_target(), labels, prior=LinearPrior(), seed=0)
+    # no budget: what the attack spent before it planned (measured on the code before this change), and
+    # every row draws its 40 spheres
+    assert free.queries == 2896 == 16 + 8 * 40 * 9 and free.extras["exhausted"] is False
+    assert "planned_queries_per_identity" not in free.extras
+    budget = free.queries // 10
+    target = argmax_target(budget=budget)
+    result = BREPMI(PLANNED)(target, labels, prior=LinearPrior(), seed=0)
+    ex = result.extras
+    assert result.queries == target.queries <= budget and not target.exhausted  # planned: nothing refused
+    assert ex["exhausted"] is True and ex["identities_cut"] == 4
+    assert ex["planned_queries_per_identity"] == budget // 4
+    # every identity found its initial points and searched within its own allowance
+    assert all(ex["initial_found"]) and all(s >= 1 for s in ex["steps"]), ex["steps"]
+    assert all(q <= budget // 4 for q in ex["queries_per_identity"].values()), ex["queries_per_identity"]
+    assert sum(ex["queries_per_identity"].values()) == result.queries
+    # the last identity's latents moved from their initial points as the first's did (accepted steps), and
+    # still carry its label
+    assert all(a >= 1 for a in ex["accepted"]), ex["accepted"]
+    z = result.latents
+    assert torch.equal(z[:, :4].argmax(1), labels)
+    # every row drew some spheres, none its 40
+    assert max(ex["steps"]) < 40
+
+
+def test_an_identity_done_early_leaves_its_allowance_to_the_others() -> None:
+    # unbudgeted, identities 1-3 stop after 3 spheres (3 accepted steps without growth), identity 0 after 8
+    cfg = {"sphere_points": 4, "max_iters_at_radius": 3, "init_batch": 4, "max_steps": 30}
+    free = BREPMI(cfg)(argmax_target(), torch.arange(4), prior=LinearPrior(), seed=0)
+    assert free.extras["steps"] == [8, 3, 3, 3] and free.queries == 12 + 17 * 5
+    # a budget of 80: 20 labels an identity. Identities 1-3 pay 1 of the initial batches (the first, of 4
+    # labels, is split four ways and finds them) and 3 spheres of 5, and leave 4 each when they are done;
+    # identity 0 waits for 3 batches (1 + 4 + 4: 9 labels), so 11 of its own pay 2 spheres; with the 12 the
+    # others leave it, 2 more (then it is cut): 29 labels, past its 20
+    target = argmax_target(budget=80)
+    result = BREPMI(cfg)(target, torch.arange(4), prior=LinearPrior(), seed=0)
+    ex = result.extras
+    assert ex["planned_queries_per_identity"] == 20 and ex["exhausted"] is True and ex["identities_cut"] == 1
+    assert ex["steps"] == [4, 3, 3, 3] and ex["queries_per_identity"] == {0: 29, 1: 16, 2: 16, 3: 16}
+    assert result.queries == target.queries == 77
+
+
+def test_a_refused_query_ends_the_run_with_what_it_has() -> None:
+    # a budget the attack cannot see (the wrapped target's; the view says None) is not planned for: the target
     # refuses the query that would pass it, and the attack returns the points of its last complete step
     labels = torch.tensor([1, 0, 1])
     cfg = {"sphere_points": 6, "max_iters_at_radius": 5, "init_batch": 4, "max_steps": 12}
     free = BREPMI(cfg)(half_space_target(), labels, prior=LinearPrior(), seed=1)
     assert free.queries > 60 and free.extras["exhausted"] is False
-    target = half_space_target(budget=60)
+    hidden = half_space_target(budget=60)
+    target = Restricted(hidden, ACCESS_LEVELS["label-only"])
     result = BREPMI(cfg)(target, labels, prior=LinearPrior(), seed=1)
     ex = result.extras
-    assert ex["exhausted"] is True and target.exhausted
-    assert target.queries <= 60 and result.queries == target.queries
+    assert target.budget is None and hidden.exhausted and ex["exhausted"] is True
+    assert hidden.queries <= 60 and result.queries == target.queries == hidden.queries
     assert result.images.shape == free.images.shape and bool(torch.isfinite(result.images).all())
     # no step is counted that was not paid for: every complete step cost 6 + 1 labels per latent
     assert ex["search_queries"] >= sum(ex["steps"]) * 7

@@ -1,6 +1,7 @@
 """LOKT (plugins/attacks/lokt.py): the attack contract, the official defaults, the surrogates' DenseNet layout
 against the official feature sizes, exact label-query accounting, the cached T-ACGAN and surrogates paid for
-again, and quality through a label-only target on the tiny digits preset."""
+again, planning within a query budget (planned sizes in the cache keys) and a refused query, and quality
+through a label-only target on the tiny digits preset."""
 
 from __future__ import annotations
 
@@ -150,3 +151,90 @@ def test_lokt_beats_the_random_prior_through_labels_only(scenario) -> None:  # n
     acc = attack_acc(scenario, result)
     assert result.queries == target.queries == expected_queries(QUALITY, 5)
     assert acc >= baseline + 0.3, (acc, baseline)
+
+
+# ------------------------------------------------------------------------------------------- budgets
+#: 20 conditional iterations of 2 x 8 labels and 10 samples per class: 360 label queries on 4 classes
+BUDGETED: dict[str, Any] = {**FAST, "steps": 20, "samples_per_class": 10}
+
+
+class MemoryCache:
+    """``context.cache`` in memory: trains once per key (what a bench cache does, without the re-charge)."""
+
+    def __init__(self) -> None:
+        self.store: dict[str, Any] = {}
+
+    def __call__(self, key: dict[str, Any], train: Any, build: Any, *, label: str) -> Any:
+        import json
+
+        k = json.dumps(key, sort_keys=True, default=str)
+        if k not in self.store:
+            self.store[k] = train().eval()
+        return self.store[k]
+
+    def keys(self, what: str) -> list[dict[str, Any]]:
+        import json
+
+        return [json.loads(k) for k in self.store if json.loads(k)["what"] == what]
+
+
+def test_a_budget_ten_times_smaller_shrinks_the_training_and_keys_the_cache_by_it() -> None:
+    from invertkit.core.testing.strategies import make_tiny_target
+
+    net = make_tiny_target(0, num_classes=4, input_shape=(1, 8, 8))
+    labels = torch.tensor([0, 1, 2, 3, 3])
+    cache = MemoryCache()
+
+    def run(budget: int | None, **over: Any) -> tuple[Any, Restricted]:
+        target = Restricted(net, ACCESS_LEVELS["label-only"], budget=budget)
+        ctx = AttackContext(public_images=public(), cache=cache)
+        return LOKT({**BUDGETED, **over}, context=ctx)(target, labels, seed=0), target
+
+    free, _ = run(None)
+    # no budget: what LOKT spent before it planned (the same images as before this change, checked when made)
+    assert free.queries == expected_queries(BUDGETED, 4) == 360 and "exhausted" not in free.extras
+    result, target = run(36)
+    ex = result.extras
+    # both phases shrink by one factor: 2 iterations (32 labels) and 1 sample per class (4 labels)
+    assert result.queries == target.queries == 36 and not target.exhausted  # planned: nothing refused
+    assert ex["exhausted"] is True
+    assert (ex["planned_tacgan_steps"], ex["planned_samples_per_class"], ex["planned_queries"]) == (2, 1, 36)
+    assert (ex["tacgan_queries"], ex["surrogate_queries"], ex["surrogates"]) == (32, 4, 1)
+    # the cache holds the planned models beside the unbudgeted ones, keyed by their planned sizes
+    assert sorted(k["cfg"]["steps"] for k in cache.keys("lokt-tacgan")) == [2, 20]
+    assert sorted(k["cfg"]["samples_per_class"] for k in cache.keys("lokt-surrogates")) == [1, 10]
+    # every identity is searched on the surrogate: a longer search moves every row's image
+    longer, _ = run(36, iterations=6)
+    assert len(cache.store) == 4  # the same planned models, re-used
+    assert all(not torch.equal(a, b) for a, b in zip(result.images, longer.images))
+    assert bool(torch.isfinite(result.images).all()) and result.images.shape == free.images.shape
+
+
+def test_a_budget_below_the_classes_trains_nothing_and_still_returns_every_identity() -> None:
+    from invertkit.core.testing.strategies import make_tiny_target
+
+    target = Restricted(make_tiny_target(0, num_classes=4, input_shape=(1, 8, 8)), ACCESS_LEVELS["label-only"],
+                        budget=3)
+    result = LOKT(BUDGETED, context=AttackContext(public_images=public()))(target, torch.arange(4), seed=0)
+    ex = result.extras
+    assert result.queries == 0 and ex["exhausted"] is True and ex["surrogates"] == 0
+    assert (ex["planned_tacgan_steps"], ex["planned_samples_per_class"]) == (0, 0)
+    assert result.images.shape == (4, 1, 8, 8) and bool(torch.isfinite(result.images).all())
+
+
+def test_a_refused_query_ends_the_training_with_what_it_has() -> None:
+    # a budget the attack cannot see (the wrapped target's; the view says None) is not planned for: the second
+    # conditional iteration is refused; the T-ACGAN of one iteration is kept out of the cache, no sample is
+    # labelled, and its discriminator's head (taught the target's labels) is the model searched
+    from invertkit.core.testing.strategies import make_tiny_target
+
+    hidden = make_tiny_target(0, num_classes=4, input_shape=(1, 8, 8), budget=20)
+    target = Restricted(hidden, ACCESS_LEVELS["label-only"])
+    cache = MemoryCache()
+    result = LOKT(FAST, context=AttackContext(public_images=public(), cache=cache))(target, torch.arange(4), seed=0)
+    ex = result.extras
+    assert target.budget is None and hidden.exhausted and ex["exhausted"] is True
+    assert result.queries == target.queries == hidden.queries == 16
+    assert (ex["tacgan_queries"], ex["surrogate_queries"], ex["surrogates"]) == (16, 0, 1)
+    assert not cache.store
+    assert result.images.shape == (4, 1, 8, 8) and bool(torch.isfinite(result.images).all())

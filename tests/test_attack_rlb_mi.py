@@ -1,6 +1,7 @@
 """RLB-MI (plugins/attacks/rlb_mi.py): the environment's state update, reward and query accounting, the attack
-contract, determinism, that the agent learns, and quality against random-prior on the tiny digits scenario
-through a black-box (probs) target."""
+contract, determinism, that the agent learns, planning within a query budget (every identity its episodes) and
+a refused query, and quality against random-prior on the tiny digits scenario through a black-box (probs)
+target."""
 
 from __future__ import annotations
 
@@ -163,16 +164,41 @@ def test_seed_determines_the_images(scenario) -> None:  # noqa: ANN001
     assert (random.random(), np.random.rand()) == before
 
 
-def test_a_budget_ends_the_run_with_what_it_has() -> None:
-    # 5 episodes of 2 queries each (alpha 0, max_step 1: a step and a test) = 10 per identity; a budget of 13
-    # ends identity 2's search in its second episode: identity 0 keeps its best test latent, identity 2 its one
-    # test latent, identity 3 is never searched (a random latent, confidence 0), and the record says so
-    target = make_tiny_target(0, capabilities=BLACK_BOX, num_classes=4, input_shape=(1, 8, 8), budget=13)
+def test_a_budget_ten_times_smaller_gives_every_identity_its_episodes() -> None:
+    # 20 episodes of 2 queries per identity, 4 identities: 160 queries unbudgeted (as before this change); a
+    # budget of 16 plans 2 episodes for each identity, where unplanned identity 0 would have taken all 16
+    prior = TinyPrior(image_shape=(1, 8, 8), latent_dim=8, seed=0)
+    labels = torch.tensor([0, 1, 2, 3, 3])
+    cfg = {**SMALL, "max_episodes": 20}
+    free = RLBMI(cfg)(make_tiny_target(0, capabilities=BLACK_BOX, num_classes=4, input_shape=(1, 8, 8)), labels,
+                      prior=prior, seed=0)
+    assert free.queries == 4 * 20 * 2 and free.extras["exhausted"] is False
+    assert "planned_episodes_per_identity" not in free.extras
+    target = make_tiny_target(0, capabilities=BLACK_BOX, num_classes=4, input_shape=(1, 8, 8), budget=16)
+    result = RLBMI(cfg)(target, labels, prior=prior, seed=0)
+    ex = result.extras
+    assert result.queries == target.queries == 16 and not target.exhausted  # planned: nothing refused
+    assert ex["exhausted"] is True
+    assert ex["planned_episodes_per_identity"] == 2 and ex["planned_queries_per_identity"] == 4
+    assert ex["episodes_per_identity"] == {0: 2, 1: 2, 2: 2, 3: 2}
+    # every identity, the last included, returns tested latents (confidence > 0; untested ones score 0)
+    assert bool((result.scores > 0).all()), result.scores
+    assert all(ex["best_confidence"][y] > 0 for y in range(4))
+
+
+def test_a_refused_query_ends_the_run_with_what_it_has() -> None:
+    # a budget the attack cannot see (the wrapped target's; the view says None) is not planned for. 5 episodes
+    # of 2 queries each (alpha 0, max_step 1: a step and a test) = 10 per identity; a budget of 13 ends
+    # identity 2's search in its second episode: identity 0 keeps its best test latent, identity 2 its one test
+    # latent, identity 3 is never searched (a random latent, confidence 0), and the record says so
+    hidden = make_tiny_target(0, capabilities=BLACK_BOX, num_classes=4, input_shape=(1, 8, 8), budget=13)
+    target = Restricted(hidden, BLACK_BOX)
     labels = torch.tensor([0, 2, 3])
     result = RLBMI({**SMALL, "max_episodes": 5})(target, labels, prior=TinyPrior(image_shape=(1, 8, 8), latent_dim=8,
                                                                                   seed=0), seed=0)
-    assert result.extras["exhausted"] is True and target.exhausted
-    assert target.queries <= 13 and result.queries == target.queries
+    assert target.budget is None and hidden.exhausted and result.extras["exhausted"] is True
+    assert hidden.queries <= 13 and result.queries == target.queries == hidden.queries
     assert result.images.shape == (3, 1, 8, 8) and bool(torch.isfinite(result.images).all())
     assert float(result.scores[0]) > 0.0  # identity 0 finished its search
+    assert float(result.scores[1]) > 0.0  # identity 2 tested one latent before the refusal
     assert float(result.scores[2]) == 0.0  # identity 3 was never searched

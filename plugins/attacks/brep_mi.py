@@ -53,6 +53,21 @@ Deliberate differences from the official code:
   ends a run, with what it has: a refused query ends the initial search (rows not yet found keep a random
   latent) or the sphere search (every latent keeps the point and radius of its last complete step), and
   ``extras["exhausted"]`` says so.
+* **Planning within a query budget** (our addition; the paper and the official code have no budget). When the
+  target has a budget (``target.budget``, public like any API quota), each identity is given its own allowance
+  of label queries, an equal share of what is left of the budget when the attack starts
+  (:func:`~invertkit.core.interfaces.access.affordable` with ``share = 1 / identities``), and its initial-point
+  search and its sphere search are paid from it: a batch of the initial search is split equally between the
+  waiting identities it serves (a conditional prior's batch is its one identity's), shrunk to what they can
+  still pay, and an identity that cannot pay one more label stops waiting; a latent takes a sphere step only
+  while its identity can pay ``N + 1`` labels (an identity's rows take it in order while the allowance lasts).
+  An identity that is done (every row terminated or never found) leaves what it did not spend to the identities
+  still searching, in equal parts (a share of ``1 / identities left``). A smaller budget thus gives every
+  identity a shorter search of its own, where unplanned an identity with more rows, or one whose initial points
+  are hard to draw, takes the others' share, and the refused query ends every search at once. A search cut
+  short keeps its best point so far (the last growth, or the last accepted point) and ``extras["exhausted"]``
+  is True, with ``planned_queries_per_identity`` (the initial allowance), ``identities_cut`` (stopped for their
+  allowance) and ``queries_per_identity``. Without a budget nothing changes (same queries, same images).
 * The latent dimension is the prior's (the official code: 100 for its CelebA GAN); ``clip`` is the official
   [-1.5, 1.5] whatever the prior.
 * No evaluation model is consulted during the search (the official loop logs its decision at every step but
@@ -69,10 +84,74 @@ from torch import Tensor
 
 from invertkit.core.errors import QueryBudgetExceeded
 from invertkit.core.hookspecs import hookimpl
+from invertkit.core.interfaces.access import affordable
 from invertkit.core.interfaces.attack import Attack, AttackConfig
 from invertkit.core.interfaces.capability import Capability as C
 from invertkit.core.interfaces.results import AttackResult
 from invertkit.core.optim import batched
+
+
+class Allowances:
+    """Each identity's allowance of label queries under the target's budget (module docstring, "Planning within a
+    query budget"): ``index`` maps every row to its identity; ``cap - spent`` is what an identity may still spend.
+    Amounts are floats (a shared batch is split equally); the sum of the caps never exceeds what was left of the
+    budget, so the wrapper refuses nothing to a plan it made."""
+
+    EPS = 1e-6
+
+    def __init__(self, target: Any, labels: Tensor) -> None:
+        ids, self.index = torch.unique(labels, return_inverse=True)
+        self.ids = ids.tolist()
+        k = max(1, len(self.ids))
+        #: what each identity may spend at the start: an equal share of what is left of the budget
+        self.planned = affordable(target, 2**62, share=1.0 / k)
+        self.cap = torch.full((k,), float(self.planned), dtype=torch.float64)
+        self.spent = torch.zeros(k, dtype=torch.float64)
+        self.released = torch.zeros(k, dtype=torch.bool)
+        self.cut = torch.zeros(k, dtype=torch.bool)  # an identity stopped for its allowance
+
+    def left(self) -> Tensor:
+        return (self.cap - self.spent).clamp(min=0.0)
+
+    def affordable_units(self, cost: float) -> Tensor:
+        """Per identity: how many items of ``cost`` queries it can still pay."""
+        return torch.floor(self.left() / cost + self.EPS).long()
+
+    def pay(self, identities: Tensor, amount: float | Tensor) -> None:
+        self.spent.index_add_(0, identities, torch.as_tensor(amount, dtype=torch.float64).expand(len(identities)))
+
+    def release(self, searching: Tensor) -> None:
+        """Identities with no row still ``searching`` (a row mask) are done: what they did not spend goes, in equal
+        parts, to the identities still searching."""
+        has = torch.bincount(self.index[searching], minlength=len(self.cap)) > 0
+        done = ~has & ~self.released
+        if not bool(done.any()):
+            return
+        freed = float(self.left()[done].sum())
+        self.cap[done] = torch.minimum(self.cap[done], self.spent[done])
+        self.released |= done
+        heirs = has & ~self.released
+        if bool(heirs.any()):
+            self.cap[heirs] += freed / int(heirs.sum())
+
+    def select(self, idx: Tensor, cost: int) -> Tensor:
+        """The rows of ``idx`` (ascending) whose identity can pay ``cost`` for them, each identity's in order."""
+        g = self.index[idx]
+        order = torch.argsort(g, stable=True)
+        counts = torch.bincount(g, minlength=len(self.cap))
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.empty_like(idx)
+        rank[order] = torch.arange(len(idx)) - starts[g[order]]
+        units = self.affordable_units(cost)
+        return idx[rank < units[g]]
+
+    def mark_cut(self, rows: Tensor) -> None:
+        """The identities of ``rows`` (a row mask) were stopped for their allowance."""
+        self.cut |= torch.bincount(self.index[rows], minlength=len(self.cap)) > 0
+
+    def facts(self) -> dict[str, Any]:
+        return {"planned_queries_per_identity": int(self.planned), "identities_cut": int(self.cut.sum()),
+                "queries_per_identity": {c: int(round(float(q))) for c, q in zip(self.ids, self.spent.tolist())}}
 
 
 class BREPMI(Attack):
@@ -140,37 +219,52 @@ class BREPMI(Attack):
         c = self.config.clip
         return z if c is None else z.clamp(-c, c)
 
-    def _initial_points(self, target: Any, prior: Any, labels: Tensor,
-                        generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def _initial_points(self, target: Any, prior: Any, labels: Tensor, generator: torch.Generator,
+                        allow: Allowances | None = None) -> tuple[Tensor, Tensor, bool]:
         """Targeted initial latents, one per row (official ``gen_initial_points_targeted``): batches of clamped
         Gaussian latents are labelled until every row has a distinct latent labelled with its identity.
-        Returns ``(z, found)``; a row not found keeps a random (clamped) latent."""
+        Returns ``(z, found, refused)``; a row not found keeps a random (clamped) latent. With ``allow`` (a
+        budget) the batches are paid from the identities' allowances (module docstring)."""
         cfg = self.config
         n = len(labels)
         z = self._clip(prior.sample_latent(n, generator)).cpu()
         found = torch.zeros(n, dtype=torch.bool)
+        gave_up = torch.zeros(n, dtype=torch.bool)  # rows whose identity cannot pay for another label
         conditional = bool(getattr(prior, "conditional", False))
         for b in range(cfg.init_max_batches):
-            waiting = (~found).nonzero().flatten()
+            size = cfg.init_batch
+            if allow is not None:  # identities that cannot pay one more label stop waiting
+                stop = ~found & ~gave_up & (allow.affordable_units(1.0) < 1)[allow.index]
+                allow.mark_cut(stop)
+                gave_up |= stop
+            waiting = (~found & ~gave_up).nonzero().flatten()
             if len(waiting) == 0:
                 break
             idents = sorted(set(labels[waiting].tolist()))
-            zb = self._clip(prior.sample_latent(cfg.init_batch, generator)).cpu()
+            if conditional:  # one waiting identity per batch, in turn
+                idents = [idents[b % len(idents)]]
+            payers = None
+            if allow is not None:  # the batch is split equally between the identities it serves
+                payers = torch.unique(allow.index[waiting[torch.isin(labels[waiting], torch.tensor(idents))]])
+                can = int(torch.floor(allow.left()[payers].min() * len(payers) + Allowances.EPS))
+                size = min(size, can)
+            zb = self._clip(prior.sample_latent(size, generator)).cpu()
             try:
-                if conditional:  # one waiting identity per batch, in turn
-                    idents = [idents[b % len(idents)]]
-                    pred = self._labels(target, prior, zb, torch.full((cfg.init_batch,), idents[0], dtype=torch.long))
+                if conditional:
+                    pred = self._labels(target, prior, zb, torch.full((size,), idents[0], dtype=torch.long))
                 else:
                     pred = self._labels(target, prior, zb, None)
             except QueryBudgetExceeded:  # the budget ends the search: the rows found so far keep their points
-                break
+                return z, found, True
+            if payers is not None:
+                allow.pay(payers, size / len(payers))
             for c in idents:
                 rows = waiting[labels[waiting] == c]
                 hits = (pred == c).nonzero().flatten()[: len(rows)]
                 rows = rows[: len(hits)]
                 z[rows] = zb[hits]
                 found[rows] = True
-        return z, found
+        return z, found, False
 
     # --------------------------------------------------------------------------------------------- run
     def run(self, target, labels, *, prior, seed, generator) -> AttackResult:  # noqa: ANN001
@@ -178,9 +272,11 @@ class BREPMI(Attack):
         labels = labels.long().cpu()
         n, N = len(labels), cfg.sphere_points
         q0 = target.queries
-        z, found = self._initial_points(target, prior, labels, generator)
+        # under a budget each identity is given its allowance (our addition; module docstring)
+        allow = Allowances(target, labels) if getattr(target, "budget", None) is not None and n else None
+        z, found, refused = self._initial_points(target, prior, labels, generator, allow)
         init_queries = target.queries - q0
-        exhausted = bool(getattr(target, "exhausted", False))
+        exhausted = refused or bool(getattr(target, "exhausted", False))
 
         latent_dims = tuple(range(2, z.dim() + 1))  # the latent's own dims in a (rows, N, *latent) tensor
         radius = torch.full((n,), float(cfg.initial_radius), dtype=torch.float64)
@@ -202,7 +298,13 @@ class BREPMI(Attack):
             return alive
 
         while True:
-            idx = running().nonzero().flatten()
+            alive = running()
+            idx = alive.nonzero().flatten()
+            if allow is not None:  # identities done leave their allowance to the others; a step is paid for
+                allow.release(alive)
+                idx = allow.select(idx, N + 1)
+                if len(idx) == 0:  # the latents still searching have spent their identities' allowances
+                    allow.mark_cut(alive)
             if len(idx) == 0:
                 break
             m = len(idx)
@@ -228,6 +330,8 @@ class BREPMI(Attack):
             except QueryBudgetExceeded:  # the budget ends the run with the points of the last complete step
                 exhausted = True
                 break
+            if allow is not None:
+                allow.pay(allow.index[idx], float(N + 1))
             radius[idx] = new_ra
             last_change[idx[grow]] = iters[idx[grow]]
             growths[idx] += grow.long()
@@ -259,6 +363,9 @@ class BREPMI(Attack):
             "search_queries": int(target.queries - q0 - init_queries),
             "exhausted": exhausted,
         }
+        if allow is not None:
+            extras.update(allow.facts())
+            extras["exhausted"] = exhausted or bool(allow.cut.any())
         return AttackResult(self.name, images, labels, score.float(), 0, 0.0, seed, {}, latents=result_z, extras=extras)
 
 

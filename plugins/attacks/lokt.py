@@ -71,6 +71,22 @@ Deliberate differences (all for small images and CPUs):
   seeded from ``train_seed`` (official 46), so the derived models do not depend on the run's seed and one cache
   entry serves every seed.
 * ``flip``: horizontal flips in both augmentations (official: on); turn off for digits if wanted.
+* **Planning within a query budget** (our addition; the paper has no budget). Every label query of LOKT is
+  spent on training (the T-ACGAN's ``steps * n_dis * batch_size``, the surrogates' ``K * samples_per_class``),
+  none at attack time. When the target has a budget (``target.budget``, public like any API quota) smaller than
+  that, both are shrunk by the same factor before anything is trained
+  (:func:`~invertkit.core.interfaces.access.affordable`, the whole of what is left: ``share = 1``): the
+  T-ACGAN gets as many whole conditional iterations as its part of the budget pays for, the surrogates' data
+  set as many samples per class as what remains pays for. The cache keys of the T-ACGAN and of the surrogates
+  carry the planned sizes (so a cached model is re-used, and charged, only by a run that planned the same).
+  Every identity is then searched as usual. Where the plan leaves no sample per class to label (a budget below
+  ``K`` queries after the T-ACGAN) no surrogate is trained and the discriminator's classifier head, taught the
+  target's labels during the conditional iterations, is the one model attacked; without conditional iterations
+  either, the images are the generator's draws ``G(z, y)`` unsearched. A cut plan says ``extras["exhausted"]``,
+  with ``planned_tacgan_steps``, ``planned_samples_per_class`` and ``planned_queries``. A query the target still
+  refuses (a budget it could not see, e.g. of a wrapped target) ends that training with what it has (a
+  partially trained T-ACGAN, kept out of the cache; no surrogate from a partly labelled data set), never the
+  attack. Without a budget nothing changes (same queries, same images).
 
 Cost: at the defaults the T-ACGAN makes 20,000 x 6 generator/discriminator passes of 128 images and 12.16 M
 label queries; each surrogate sees 200 x 117 x 256 = 6 M generated images twice (plain and augmented). That is
@@ -91,8 +107,9 @@ from torch import Tensor, nn
 
 from invertkit.core import losses, progress
 from invertkit.core.augment import plg_augment
-from invertkit.core.errors import ConfigError, UsageError
+from invertkit.core.errors import ConfigError, QueryBudgetExceeded, UsageError
 from invertkit.core.hookspecs import hookimpl
+from invertkit.core.interfaces.access import affordable
 from invertkit.core.interfaces.attack import Attack, AttackConfig
 from invertkit.core.interfaces.capability import Capability as C
 from invertkit.core.interfaces.results import AttackResult
@@ -413,6 +430,15 @@ def train_surrogate(net: nn.Module, generator: nn.Module, z: Tensor, pseudo: Ten
 
 
 # --------------------------------------------------------------------------------------------- attack
+class _Unfinished(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """A refused query ended a derived model's training: carries what was trained past the cache (which must not
+    store it under a key that promises the planned training)."""
+
+    def __init__(self, model: nn.Module | None) -> None:
+        super().__init__("training ended by a refused query")
+        self.model = model
+
+
 class LOKT(Attack):
     name = "lokt"
     paper = "https://arxiv.org/abs/2310.19342"
@@ -476,18 +502,34 @@ class LOKT(Attack):
             return train().eval()
         return cache(key, train, build, label=label)
 
-    def tacgan(self, target: Any) -> tuple[TACGAN, dict[str, Any]]:
-        """The T-ACGAN for ``target`` (trained through its view, or loaded from the cache and paid for again)."""
+    def plan(self, target: Any) -> tuple[int, int]:
+        """``(steps, samples_per_class)``: the configured ones when the target's budget affords them (or it has
+        none), else both shrunk by the same factor to what is left of it (module docstring)."""
+        cfg, k = self.config, int(target.num_classes)
+        each = cfg.n_dis * cfg.batch_size
+        samples = cfg.samples_per_class if cfg.surrogates else 0
+        tacgan_q, total = cfg.steps * each, cfg.steps * each + k * samples
+        if affordable(target, 1, each=total) == 1:
+            return cfg.steps, cfg.samples_per_class
+        steps = affordable(target, cfg.steps, each=each, share=tacgan_q / total)
+        left = max(0, int(target.budget) - int(target.queries)) - steps * each
+        return steps, min(samples, left // k)
+
+    def tacgan(self, target: Any, steps: int | None = None) -> tuple[TACGAN, dict[str, Any], bool]:
+        """The T-ACGAN for ``target`` with ``steps`` conditional iterations (default: the config's), trained
+        through its view or loaded from the cache and paid for again. Returns it, facts (its cache ``key``
+        among them) and whether a refused query ended its training (it is then not cached)."""
         from invertkit.core.zoo.scenario import fingerprint
 
         cfg, public = self.config, self._public()
+        steps = cfg.steps if steps is None else int(steps)
         shape, k = tuple(int(s) for s in target.input_shape), int(target.num_classes)
         if tuple(public.shape[1:]) != shape:
             raise UsageError(f"attack 'lokt': public images of shape {tuple(public.shape[1:])} but the target takes {shape}")
         fields = ("latent_dim", "width", "steps", "uncond_steps", "n_dis", "batch_size", "lr", "beta1", "beta2", "alpha",
                   "train_seed")
         key = {"what": "lokt-tacgan", "data": fingerprint(public), "shape": list(shape), "classes": k,
-               "cfg": {f: getattr(cfg, f) for f in fields}}
+               "cfg": {**{f: getattr(cfg, f) for f in fields}, "steps": steps}}  # the planned steps
         facts: dict[str, Any] = {}
 
         def build() -> TACGAN:
@@ -496,22 +538,39 @@ class LOKT(Attack):
 
         def train() -> TACGAN:
             gan = build()
-            facts.update(train_tacgan(gan, target, public, steps=cfg.steps, uncond_steps=cfg.uncond_steps,
-                                      n_dis=cfg.n_dis, batch_size=cfg.batch_size, lr=cfg.lr, beta1=cfg.beta1,
-                                      beta2=cfg.beta2, alpha=cfg.alpha, seed=cfg.train_seed))
+            try:
+                facts.update(train_tacgan(gan, target, public, steps=steps, uncond_steps=cfg.uncond_steps,
+                                          n_dis=cfg.n_dis, batch_size=cfg.batch_size, lr=cfg.lr, beta1=cfg.beta1,
+                                          beta2=cfg.beta2, alpha=cfg.alpha, seed=cfg.train_seed))
+            except QueryBudgetExceeded as e:  # with what it has: the iterations done, kept out of the cache
+                raise _Unfinished(gan) from e
             return gan
 
-        return self._cached(key, train, build, "lokt-tacgan"), {"key": key, **facts}  # type: ignore[return-value]
+        try:
+            gan = self._cached(key, train, build, "lokt-tacgan")
+            return gan, {"key": key, **facts}, False  # type: ignore[return-value]
+        except _Unfinished as u:
+            gan = u.model
+        except QueryBudgetExceeded:  # a cached T-ACGAN whose cost the target refused: nothing trained to use
+            gan = build()
+        for p in gan.parameters():
+            p.grad = None
+        return gan.eval(), {"key": key, **facts}, True  # type: ignore[return-value]
 
-    def surrogate_set(self, target: Any, gan: TACGAN, gan_key: dict[str, Any]) -> tuple[SurrogateSet, dict[str, Any]]:
-        """The labelled samples and the surrogates trained on them (or the cached ones, paid for again)."""
+    def surrogate_set(self, target: Any, gan: TACGAN, gan_key: dict[str, Any],
+                      samples_per_class: int | None = None) -> tuple[SurrogateSet | None, dict[str, Any]]:
+        """The labelled samples (``samples_per_class`` per class, default the config's) and the surrogates
+        trained on them (or the cached ones, paid for again); ``None`` when a refused query ended the labelling
+        (no surrogate is trained on a partly labelled data set)."""
         cfg = self.config
+        per_class = cfg.samples_per_class if samples_per_class is None else int(samples_per_class)
         shape, k = tuple(int(s) for s in target.input_shape), int(target.num_classes)
         plugins = getattr(self.context, "plugins", None)
         fields = ("samples_per_class", "surrogates", "surrogate_width", "surrogate_epochs", "epoch_samples",
                   "surrogate_batch_size", "surrogate_lr", "surrogate_momentum", "surrogate_weight_decay", "flip",
                   "train_seed")
-        key = {"what": "lokt-surrogates", "tacgan": gan_key, "cfg": {f: getattr(cfg, f) for f in fields}}
+        key = {"what": "lokt-surrogates", "tacgan": gan_key,
+               "cfg": {**{f: getattr(cfg, f) for f in fields}, "samples_per_class": per_class}}  # the planned size
         facts: dict[str, Any] = {}
 
         def build() -> SurrogateSet:
@@ -519,12 +578,15 @@ class LOKT(Attack):
             for i, arch in enumerate(cfg.surrogates):
                 torch.manual_seed(cfg.train_seed + 1 + i)
                 nets.append(build_surrogate(plugins, arch, k, shape, cfg.surrogate_width))
-            return SurrogateSet(nets, k * cfg.samples_per_class, cfg.latent_dim).to(target.device)
+            return SurrogateSet(nets, k * per_class, cfg.latent_dim).to(target.device)
 
         def train() -> SurrogateSet:
             out = build()
-            z, pseudo, labels = label_fakes(gan.generator, target, k, cfg.samples_per_class, cfg.latent_dim,
-                                            seed=cfg.train_seed)
+            try:
+                z, pseudo, labels = label_fakes(gan.generator, target, k, per_class, cfg.latent_dim,
+                                                seed=cfg.train_seed)
+            except QueryBudgetExceeded as e:
+                raise _Unfinished(None) from e
             out.z.copy_(z)
             out.pseudo.copy_(pseudo)
             out.labels.copy_(labels)
@@ -541,7 +603,10 @@ class LOKT(Attack):
                 facts[f"surrogate_{i}_{arch}_agreement"] = rep["agreement"]
             return out
 
-        return self._cached(key, train, build, "lokt-surrogates"), facts  # type: ignore[return-value]
+        try:
+            return self._cached(key, train, build, "lokt-surrogates"), facts  # type: ignore[return-value]
+        except (_Unfinished, QueryBudgetExceeded):  # refused while labelling, or the cached set's cost refused
+            return None, facts
 
     # --------------------------------------------------------------------------------------------- run
     def run(self, target, labels, *, prior, seed, generator) -> AttackResult:  # noqa: ANN001
@@ -552,16 +617,24 @@ class LOKT(Attack):
         if not cfg.surrogates and not cfg.include_discriminator:
             raise ConfigError("attack 'lokt' needs at least one surrogate: give surrogates or include_discriminator")
         q0 = target.queries
-        gan, gan_facts = self.tacgan(target)
+        budgeted = getattr(target, "budget", None) is not None
+        steps, per_class = self.plan(target)  # within the budget (our addition; module docstring)
+        gan, gan_facts, refused = self.tacgan(target, steps)
         q1 = target.queries
         gan_key = gan_facts.pop("key")
         models: list[nn.Module] = []
         s_facts: dict[str, Any] = {}
-        if cfg.surrogates:  # only the discriminator's head: no labelled samples are needed, none are bought
-            sset, s_facts = self.surrogate_set(target, gan, gan_key)
-            models += list(sset.nets)
+        # no sample is bought for the discriminator's head alone, nor where the budget labels none
+        if cfg.surrogates and per_class > 0 and not refused:
+            sset, s_facts = self.surrogate_set(target, gan, gan_key, per_class)
+            if sset is None:
+                refused = True
+            else:
+                models += list(sset.nets)
         q2 = target.queries
-        if cfg.include_discriminator:
+        # the discriminator's head is in the ensemble when asked for, and alone when the budget bought no
+        # surrogate but did buy conditional iterations (its head then learned the target's labels)
+        if cfg.include_discriminator or (not models and q1 > q0):
             models.append(DiscriminatorClassifier(gan.discriminator))
         freeze(*models)
         lokt_prior = TACGANPrior(gan)
@@ -580,10 +653,20 @@ class LOKT(Attack):
                     total = total + loss_fn(net(v), y[idx])
             return total / len(models)
 
-        z, images, scores = search_latents(lokt_prior, z0, y, objective, batch_size=cfg.attack_batch_size,
-                                           iterations=cfg.iterations, lr=cfg.attack_lr, optimizer="adam")
-        extras = {"tacgan_queries": q1 - q0, "surrogate_queries": q2 - q1, "surrogates": len(models),
-                  **{f"tacgan_{n}": v for n, v in gan_facts.items()}, **s_facts}
+        if models:
+            z, images, scores = search_latents(lokt_prior, z0, y, objective, batch_size=cfg.attack_batch_size,
+                                               iterations=cfg.iterations, lr=cfg.attack_lr, optimizer="adam")
+        else:  # nothing the budget bought to search with: the generator's draws
+            with torch.no_grad():
+                z, images, scores = z0, lokt_prior.decode(z0, y), torch.zeros(len(labels))
+        extras: dict[str, Any] = {"tacgan_queries": q1 - q0, "surrogate_queries": q2 - q1, "surrogates": len(models),
+                                  **{f"tacgan_{n}": v for n, v in gan_facts.items()}, **s_facts}
+        if budgeted or refused:
+            cut = steps < cfg.steps or (bool(cfg.surrogates) and per_class < cfg.samples_per_class)
+            extras["exhausted"] = bool(refused or cut)
+        if budgeted:
+            extras.update(planned_tacgan_steps=steps, planned_samples_per_class=per_class if cfg.surrogates else 0,
+                          planned_queries=steps * cfg.n_dis * cfg.batch_size + k * (per_class if cfg.surrogates else 0))
         return AttackResult(self.name, images.cpu(), labels, scores, 0, 0.0, seed, {}, latents=z.cpu(), extras=extras)
 
 

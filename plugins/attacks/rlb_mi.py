@@ -35,10 +35,11 @@ Defaults (the official code's):
 
 The agent is stable-baselines3's SAC (CPU, seeded per identity from the attack's generator, so a seed gives the
 same images) on a gymnasium environment (:func:`latent_env_class`) whose ``step`` asks the target, through the
-attacker's view, about the decoded latents; every query is counted. A query budget on the target ends the run
-with what it has: the identity being searched keeps its best test latents so far (untested random latents,
-confidence 0, if it had none), the identities after it keep random latents, and ``extras["exhausted"]`` says
-so.
+attacker's view, about the decoded latents; every query is counted. Under a query budget the attack plans its
+episodes (below, among the differences); a query the target still refuses (a budget it could not see, e.g. of a
+wrapped target) ends the run with what it has: the identity being searched keeps its best test latents so far
+(untested random latents, confidence 0, if it had none), the identities after it keep random latents, and
+``extras["exhausted"]`` says so.
 
 Queries: ``max_episodes * (2 * max_step + 1)`` per identity in general, ``max_episodes * (max_step + 1)`` when
 ``alpha = 0`` (the default: 80,000 per identity). CPU cost: one SAC gradient step (batch 256, 256-unit MLPs)
@@ -60,6 +61,15 @@ Deliberate differences from the official code:
   logarithm of the released confidences floored at 1e-12, e.g. behind rounding or top-k).
 * The replay buffer holds at most ``max_episodes * max_step`` transitions (the official deque's 1e6 bound is
   never reached by the paper's runs either).
+* **Planning within a query budget** (our addition; the paper has no budget). When the target has one
+  (``target.budget``, public like any API quota), each identity in turn is given a fair share of what is left of
+  it, ``1 / identities left`` (:func:`~invertkit.core.interfaces.access.affordable`), and trains its agent for
+  as many whole episodes as that pays for (``max_step * q + 1`` queries an episode, ``q`` = 1 when ``alpha = 0``
+  and 2 otherwise), at most ``max_episodes``: a budget 10 times smaller gives every identity about a tenth of its
+  episodes, where unplanned the first identities would spend it all and the last keep random latents. What an
+  identity leaves unspent goes to those after it. A plan that cut episodes says ``extras["exhausted"]``, with
+  ``planned_episodes_per_identity`` and ``planned_queries_per_identity`` (the first identity's share) and
+  ``episodes_per_identity``. Without a budget nothing changes (same queries, same images).
 """
 
 from __future__ import annotations
@@ -78,6 +88,7 @@ from pydantic import Field
 from invertkit.core import progress
 from invertkit.core.errors import InvertkitError, QueryBudgetExceeded
 from invertkit.core.hookspecs import hookimpl
+from invertkit.core.interfaces.access import affordable
 from invertkit.core.interfaces.attack import Attack, AttackConfig
 from invertkit.core.interfaces.capability import Capability as C
 from invertkit.core.interfaces.results import AttackResult
@@ -219,34 +230,52 @@ class RLBMI(Attack):
         out_scores = torch.zeros(len(labels))
         info: dict[str, Any] = {"best_confidence": {}, "test_confidence_first_tenth": {},
                                 "test_confidence_last_tenth": {}}
+        # under a budget, each identity's episodes are planned from its share of what is left (module docstring)
+        budgeted = getattr(target, "budget", None) is not None
+        per_episode = cfg.max_step * (1 if cfg.alpha == 0.0 else 2) + 1
+        planned: dict[int, int] = {}
+        refused = False
         with _global_rngs_kept():
-            for y_t, s in zip(ids.tolist(), seeds):
+            for i, (y_t, s) in enumerate(zip(ids.tolist(), seeds)):
                 rows = (labels == y_t).nonzero().flatten()
-                if getattr(target, "exhausted", False):  # the budget ran out on an earlier identity
+                episodes = cfg.max_episodes
+                if budgeted:
+                    episodes = affordable(target, cfg.max_episodes, each=per_episode, share=1.0 / (len(ids) - i))
+                    planned[int(y_t)] = episodes
+                if refused or getattr(target, "exhausted", False) or episodes == 0:  # nothing left to search with
                     gen = torch.Generator().manual_seed(int(s))
                     best = [(0.0, 0, prior.sample_latent(1, gen).reshape(dim).float().cpu().numpy()) for _ in rows]
                     curve = [0.0]
                 else:
-                    best, curve = self._search(SAC, BaseCallback, env_cls, scorer(int(y_t)), prior, latent, dim,
-                                               int(s), len(rows), int(y_t))
+                    best, curve, stopped = self._search(SAC, BaseCallback, env_cls, scorer(int(y_t)), prior, latent,
+                                                        dim, int(s), len(rows), int(y_t), episodes)
+                    refused = refused or stopped
                 for r, (conf, _, z) in zip(rows.tolist(), best):
                     out_z[r] = torch.from_numpy(z)
                     out_scores[r] = conf
                 tenth = max(1, len(curve) // 10)
                 info["best_confidence"][int(y_t)] = float(best[0][0])
-                info["test_confidence_first_tenth"][int(y_t)] = float(np.mean(curve[:tenth]))
-                info["test_confidence_last_tenth"][int(y_t)] = float(np.mean(curve[-tenth:]))
+                info["test_confidence_first_tenth"][int(y_t)] = float(np.mean(curve[:tenth])) if curve else 0.0
+                info["test_confidence_last_tenth"][int(y_t)] = float(np.mean(curve[-tenth:])) if curve else 0.0
         z = out_z.view(-1, *latent).to(prior.device)
         with torch.no_grad():
             images = prior.decode(z, labels.to(prior.device))
         info["episodes"] = cfg.max_episodes
-        info["exhausted"] = bool(getattr(target, "exhausted", False))
+        info["exhausted"] = refused or bool(getattr(target, "exhausted", False))
+        if budgeted and planned:
+            first = next(iter(planned.values()))
+            info["planned_episodes_per_identity"] = first
+            info["planned_queries_per_identity"] = first * per_episode
+            info["episodes_per_identity"] = planned
+            info["exhausted"] = info["exhausted"] or any(e < cfg.max_episodes for e in planned.values())
         return AttackResult(self.name, images, labels, out_scores, 0, 0.0, seed, {}, latents=z, extras=info)
 
     def _search(self, SAC, BaseCallback, env_cls, score: Scorer, prior, latent: tuple[int, ...], dim: int,  # noqa: ANN001, N803
-                seed: int, keep: int, y: int) -> tuple[list[tuple[float, int, np.ndarray]], list[float]]:
-        """One identity's agent: train for ``max_episodes`` episodes, testing after each. Returns its ``keep``
-        best test latents, best first, as (confidence, episode, latent), and every test's confidence."""
+                seed: int, keep: int, y: int,
+                episodes: int) -> tuple[list[tuple[float, int, np.ndarray]], list[float], bool]:
+        """One identity's agent: train for ``episodes`` episodes, testing after each. Returns its ``keep`` best
+        test latents, best first, as (confidence, episode, latent), every test's confidence, and whether the
+        target refused a query (the search then ended with what it had)."""
         cfg = self.config
         state_gen = torch.Generator().manual_seed(seed)
         test_gen = torch.Generator().manual_seed(seed + 1)
@@ -256,7 +285,7 @@ class RLBMI(Attack):
 
         env = env_cls(score, lambda: sample(state_gen), dim, alpha=cfg.alpha, max_step=cfg.max_step,
                       weights=(cfg.w1, cfg.w2, cfg.w3), floor=cfg.margin_floor)
-        total = cfg.max_episodes * cfg.max_step
+        total = episodes * cfg.max_step
         starts = cfg.batch_size if cfg.learning_starts is None else cfg.learning_starts
         model = SAC("MlpPolicy", env, learning_rate=cfg.lr, buffer_size=min(cfg.buffer_size, total),
                     learning_starts=starts, batch_size=cfg.batch_size, tau=cfg.tau, gamma=cfg.gamma, train_freq=1,
@@ -278,7 +307,7 @@ class RLBMI(Attack):
             elif (conf, len(curve)) > best[0][:2]:
                 heapq.heapreplace(best, item)
 
-        with progress.task(f"rlb-mi: identity {y}", total=cfg.max_episodes, unit="episode") as bar:
+        with progress.task(f"rlb-mi: identity {y}", total=episodes, unit="episode") as bar:
 
             class Tester(BaseCallback):
                 """After each episode, once the update that follows its last step is done: a test rollout (the
@@ -303,13 +332,14 @@ class RLBMI(Attack):
                 def _on_training_end(self) -> None:
                     self._flush()
 
+            refused = False
             try:
                 model.learn(total_timesteps=total, callback=Tester())
             except QueryBudgetExceeded:  # the budget ends the search: the best test latents so far are the result
-                pass
+                refused = True
         while len(best) < keep:  # too few tests before the budget ran out: untested latents, confidence 0
             heapq.heappush(best, (0.0, 0, sample(test_gen)))
-        return sorted(best, key=lambda b: (b[0], b[1]), reverse=True), curve
+        return sorted(best, key=lambda b: (b[0], b[1]), reverse=True), curve, refused
 
 
 @hookimpl
