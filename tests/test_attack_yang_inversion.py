@@ -180,3 +180,61 @@ def test_the_run_seed_does_not_change_the_decoder(scenario) -> None:  # noqa: AN
     c = YangInversion({**FAST, "train_seed": 2}, context=ctx)(deployed(scenario, "black-box"), identities(1), seed=0)
     assert torch.equal(a.images, b.images)
     assert not torch.equal(a.images, c.images)
+
+
+# --------------------------------------------------------------------------------------- budget planning
+def test_a_budget_ten_times_below_the_training_set_plans_a_smaller_one(scenario) -> None:  # noqa: ANN001
+    n = len(scenario.split.public[0])
+    budget = n // 10
+    target = Restricted(white_box(scenario), ACCESS_LEVELS["black-box"], budget=budget)
+    result = YangInversion(FAST, context=context(scenario))(target, identities(1), seed=0)
+    # it completes on the public images it could afford (one query each), within the budget, and says so
+    assert result.queries == target.queries == budget and not target.exhausted
+    assert result.extras == {"public_images": n, "planned_public_images": budget, "exhausted": True}
+    assert result.images.shape == (5, 1, 8, 8) and bool(torch.isfinite(result.images).all())
+
+
+def test_no_budget_spends_as_before_and_reports_no_plan(scenario) -> None:  # noqa: ANN001
+    n = len(scenario.split.public[0])
+    target = deployed(scenario, "black-box")
+    result = YangInversion(FAST, context=context(scenario))(target, identities(1), seed=0)
+    assert result.queries == target.queries == n and result.extras == {}
+    # a budget that affords every public image changes nothing but the report
+    roomy = Restricted(white_box(scenario), ACCESS_LEVELS["black-box"], budget=n)
+    same = YangInversion(FAST, context=context(scenario))(roomy, identities(1), seed=0)
+    assert torch.equal(same.images, result.images) and same.queries == n
+    assert same.extras == {"public_images": n, "planned_public_images": n}
+
+
+def test_a_budget_affording_no_public_image_ends_with_the_untrained_decoder(scenario) -> None:  # noqa: ANN001
+    target = Restricted(white_box(scenario), ACCESS_LEVELS["black-box"], budget=0)
+    result = YangInversion(FAST, context=context(scenario))(target, identities(1), seed=0)
+    assert result.queries == 0 and result.extras["exhausted"] and result.extras["planned_public_images"] == 0
+    assert bool(torch.isfinite(result.images).all())
+
+
+def test_a_wrapper_refusal_ends_with_the_images_answered_before_it(scenario) -> None:  # noqa: ANN001
+    # the attacker's wrapper has no budget (the plan is every image); the one it wraps refuses past 100 queries
+    inner = Restricted(white_box(scenario), ACCESS_LEVELS["black-box"], budget=100)
+    target = Restricted(inner, ACCESS_LEVELS["black-box"])
+    result = YangInversion(FAST, context=context(scenario))(target, identities(1), seed=0)
+    assert inner.exhausted and result.queries == target.queries <= 100
+    assert result.extras["exhausted"] and result.extras["answered_public_images"] == result.queries
+    assert bool(torch.isfinite(result.images).all())
+
+
+def test_the_cached_decoder_is_keyed_by_the_planned_count(scenario) -> None:  # noqa: ANN001
+    from invertkit.core.zoo.model_cache import derived_cache
+
+    n = 96
+    images = scenario.split.public[0][:n]
+
+    def run(budget: int | None) -> Any:
+        target = Restricted(white_box(scenario), ACCESS_LEVELS["black-box"], budget=budget)
+        ctx = AttackContext(public_images=images, cache=derived_cache(scenario, target, "yang-plan-test"))
+        return YangInversion(FAST, context=ctx)(target, identities(1), seed=0)
+
+    cut, full, cut_again = run(30), run(None), run(30)
+    assert cut.queries == cut_again.queries == 30 and full.queries == n  # the full decoder was not the cut one
+    assert torch.equal(cut.images, cut_again.images) and not torch.equal(cut.images, full.images)
+    assert cut_again.extras["exhausted"]

@@ -122,3 +122,62 @@ def test_the_cached_decoder_is_reused_and_paid_for_again(scenario) -> None:  # n
     (first, t1), (second, t2) = run(), run()
     assert first.queries == t1.queries == second.queries == t2.queries == 48 * 4
     assert torch.equal(first.images, second.images)
+
+
+# --------------------------------------------------------------------------------------- budget planning
+def label_only(scenario, budget: int | None = None) -> Restricted:  # noqa: ANN001
+    return Restricted(white_box(scenario), ACCESS_LEVELS["label-only"], budget=budget)
+
+
+def test_a_budget_ten_times_below_the_training_set_plans_a_smaller_one(scenario) -> None:  # noqa: ANN001
+    public = scenario.split.public[0]
+    each = FAST["noise_samples"] + 1
+    budget = len(public) * each // 10
+    target = label_only(scenario, budget)
+    result = ZhuLabelOnly(FAST, context=AttackContext(public_images=public))(target, identities(1), seed=0)
+    planned = budget // each  # whole public images: the clean label and every noisy copy
+    assert result.queries == target.queries == planned * each <= budget and not target.exhausted
+    assert result.extras == {"public_images": len(public), "planned_public_images": planned, "exhausted": True,
+                             "label_queries_per_image": each}
+    assert result.images.shape == (5, 1, 8, 8) and bool(torch.isfinite(result.images).all())
+
+
+def test_no_budget_spends_as_before_and_reports_no_plan(scenario) -> None:  # noqa: ANN001
+    public = scenario.split.public[0]
+    target = label_only(scenario)
+    result = ZhuLabelOnly(FAST, context=AttackContext(public_images=public))(target, identities(1), seed=0)
+    assert result.queries == target.queries == len(public) * 4 and result.extras == {}
+
+
+def test_a_wrapper_refusal_ends_with_the_images_answered_before_it(scenario) -> None:  # noqa: ANN001
+    inner = label_only(scenario, budget=len(scenario.split.public[0]) + 50)  # the clean labels and a few copies
+    target = Restricted(inner, ACCESS_LEVELS["label-only"])
+    public = scenario.split.public[0]
+    result = ZhuLabelOnly(FAST, context=AttackContext(public_images=public))(target, identities(1), seed=0)
+    assert inner.exhausted and result.queries == target.queries <= len(public) + 50
+    assert result.extras["exhausted"] and result.extras["answered_public_images"] < len(public)
+    assert bool(torch.isfinite(result.images).all())
+
+
+@pytest.mark.parametrize("budget", [0, 3])
+def test_a_budget_affording_no_public_image_ends_with_the_untrained_decoder(scenario, budget: int) -> None:  # noqa: ANN001
+    target = label_only(scenario, budget)
+    public = scenario.split.public[0]
+    result = ZhuLabelOnly(FAST, context=AttackContext(public_images=public))(target, identities(1), seed=0)
+    assert result.queries == 0 and result.extras["exhausted"] and result.extras["planned_public_images"] == 0
+    assert bool(torch.isfinite(result.images).all())
+
+
+def test_the_cached_decoder_is_keyed_by_the_planned_count(scenario) -> None:  # noqa: ANN001
+    from invertkit.core.zoo.model_cache import derived_cache
+
+    images = scenario.split.public[0][:48]
+
+    def run(budget: int | None) -> Any:
+        target = label_only(scenario, budget)
+        ctx = AttackContext(public_images=images, cache=derived_cache(scenario, target, "zhu-plan-test"))
+        return ZhuLabelOnly(FAST, context=ctx)(target, identities(1), seed=0)
+
+    cut, full, cut_again = run(83), run(None), run(83)  # 83 affords 20 images of 4 label queries
+    assert cut.queries == cut_again.queries == 80 and full.queries == 48 * 4
+    assert torch.equal(cut.images, cut_again.images) and not torch.equal(cut.images, full.images)

@@ -45,6 +45,14 @@ Deliberate differences from the official code:
   the epoch with the lowest reconstruction error on the target's *training* data, which an attacker does not
   hold); the decoder after the last epoch is used.
 * ``max_public`` may cap the number of public images queried (default: all, as official).
+* **Budget planning (our addition; the paper has no query budget).** Under a query budget the attack first
+  plans: it queries only the first public images it can afford, one query each, within what is left of the
+  budget (:func:`~invertkit.core.interfaces.access.affordable`, the whole budget: nothing is queried at attack
+  time), and trains the decoder on those. Fewer public images than it has means a weaker decoder, never a
+  failed run; the result says so (``extras["exhausted"] = True``, with ``public_images`` and
+  ``planned_public_images``), and the cached decoder is keyed by the planned count. With no budget nothing
+  changes. Should a wrapper still refuse a query, the decoder is trained on the images answered before it (no
+  image answered: the untrained decoder, made from ``train_seed``).
 
 The decoder and its training (:class:`InversionModel`, :func:`train_inversion`, :func:`derived_inversion`)
 are shared with Zhu et al.'s label-only attack (``zhu_label_only.py``), which trains the same decoder on
@@ -55,6 +63,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -62,14 +71,15 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from invertkit.core.errors import ShapeError, UsageError
+from invertkit.core.errors import QueryBudgetExceeded, ShapeError, UsageError
 from invertkit.core.hookspecs import hookimpl
+from invertkit.core.interfaces.access import affordable
 from invertkit.core.interfaces.attack import Attack, AttackConfig
 from invertkit.core.interfaces.capability import Capability as C
 from invertkit.core.interfaces.results import AttackResult
 
-__all__ = ["InversionConfig", "InversionModel", "YangInversion", "align", "decoder_layout", "derived_inversion",
-           "public_images", "released_vectors", "train_inversion"]
+__all__ = ["InversionConfig", "InversionModel", "PublicPlan", "YangInversion", "align", "decoder_layout",
+           "derived_inversion", "plan_public", "public_images", "released_vectors", "train_inversion"]
 
 
 # ------------------------------------------------------------------------------------------ alignment
@@ -193,10 +203,55 @@ def public_images(attack: Attack) -> Tensor:
     return images if cap is None else images[:cap]
 
 
+@dataclass
+class PublicPlan:
+    """The public images an attack can afford to query (``images``, the first of them), how many it has, and
+    (once trained here) how many of the planned ones were answered before a wrapper refused a query."""
+
+    images: Tensor
+    available: int
+    answered: int | None = None
+
+    @property
+    def planned(self) -> int:
+        return len(self.images)
+
+    @property
+    def cut(self) -> bool:
+        """The budget left some public images out."""
+        return self.planned < self.available
+
+    @property
+    def refused(self) -> bool:
+        """A wrapper refused a query of the planned ones (the decoder was trained on fewer)."""
+        return self.answered is not None and self.answered < self.planned
+
+    def facts(self, target: Any) -> dict[str, Any]:
+        """The plan for ``result.extras`` (scalars): nothing without a budget and without a refusal (the run is
+        as it always was); otherwise the counts, and ``exhausted`` where the budget cut the training set or a
+        query was refused."""
+        if target.budget is None and not (target.exhausted or self.refused):
+            return {}
+        out: dict[str, Any] = {"public_images": self.available, "planned_public_images": self.planned}
+        if self.refused:
+            out["answered_public_images"] = self.answered
+        if self.cut or self.refused or target.exhausted:
+            out["exhausted"] = True
+        return out
+
+
+def plan_public(attack: Attack, target: Any, *, each: int = 1) -> PublicPlan:
+    """The first public images whose ``each`` queries apiece fit in what is left of ``target``'s budget (all of
+    them without a budget; see :func:`~invertkit.core.interfaces.access.affordable`)."""
+    images = public_images(attack)
+    return PublicPlan(images[: affordable(target, len(images), each=each)], len(images))
+
+
 def derived_inversion(attack: Attack, target: Any, key: dict[str, Any], train: Callable[[], InversionModel],
-                      build: Callable[[], InversionModel]) -> InversionModel:
+                      build: Callable[[], InversionModel], plan: PublicPlan | None = None) -> InversionModel:
     """``train()`` (which queries ``target`` through its view), or the cached result of an earlier identical
-    training through ``attack.context.cache`` (which charges its queries again)."""
+    training through ``attack.context.cache`` (which charges its queries again). A ``plan`` that left public
+    images out keys the decoder by the planned count (a plan of every image keeps the key it always had)."""
     from invertkit.core.zoo.scenario import fingerprint
 
     cache = getattr(getattr(attack, "context", None), "cache", None)
@@ -205,24 +260,36 @@ def derived_inversion(attack: Attack, target: Any, key: dict[str, Any], train: C
     cfg = attack.config.model_dump(mode="json")
     full = {"what": attack.name, "data": fingerprint(public_images(attack)), "shape": list(target.input_shape),
             "classes": target.num_classes, "config": cfg, **key}
+    if plan is not None and plan.cut:
+        full["planned_public_images"] = plan.planned
     return cache(full, train, build, label=attack.name)
+
+
+def untrained(build: Callable[[], InversionModel], seed: int) -> InversionModel:
+    """The decoder as ``build`` makes it from ``seed``, untrained (a budget that afforded no public image)."""
+    torch.manual_seed(seed)
+    return build().eval()
 
 
 @torch.no_grad()
 def released_vectors(target: Any, images: Tensor, truncation: int | None, batch_size: int = 512) -> Tensor:
     """What the attacker's view releases for ``images`` (one query per image), as (N, K) vectors: the full
     released vector where ``probs`` is granted (truncation happens in :func:`align`), else the released
-    top-``min(m, k)`` entries scattered into zeros."""
+    top-``min(m, k)`` entries scattered into zeros. Should the target refuse a batch past its budget, the
+    vectors of the images answered before it (fewer rows than ``images``)."""
     k_classes = target.num_classes
     out = []
     for i in range(0, len(images), batch_size):
         xb = images[i : i + batch_size].to(target.device)
-        if target.has(C.PROBS):
-            out.append(target.probs(xb).float().cpu())
-        else:
-            k = k_classes if truncation is None else min(int(truncation), k_classes)
-            values, indices = target.topk(xb, k)
-            out.append(torch.zeros(len(xb), k_classes).scatter(1, indices.long().cpu(), values.float().cpu()))
+        try:
+            if target.has(C.PROBS):
+                out.append(target.probs(xb).float().cpu())
+            else:
+                k = k_classes if truncation is None else min(int(truncation), k_classes)
+                values, indices = target.topk(xb, k)
+                out.append(torch.zeros(len(xb), k_classes).scatter(1, indices.long().cpu(), values.float().cpu()))
+        except QueryBudgetExceeded:  # ends with what it has
+            break
     return torch.cat(out) if out else torch.zeros(0, k_classes)
 
 
@@ -243,26 +310,34 @@ class YangInversion(Attack):
         return InversionModel(target.num_classes, tuple(target.input_shape), ngf=self.config.ngf,
                               truncation=self.config.truncation, c=self.config.c).to(target.device)
 
-    def inversion_model(self, target: Any) -> InversionModel:
-        """The trained decoder for ``target`` (trained here, or loaded from the cache and paid for again)."""
+    def inversion_model(self, target: Any, plan: PublicPlan | None = None) -> InversionModel:
+        """The trained decoder for ``target`` (trained here, or loaded from the cache and paid for again) on the
+        public images of ``plan`` (default: those the budget affords, see :func:`plan_public`)."""
         cfg = self.config
         access = "probs" if target.has(C.PROBS) else "topk"
+        plan = plan_public(self, target) if plan is None else plan
+        if plan.planned == 0:
+            return untrained(lambda: self.build(target), cfg.train_seed)
 
         def train() -> InversionModel:
-            images = public_images(self)
-            conf = released_vectors(target, images, cfg.truncation)
+            conf = released_vectors(target, plan.images, cfg.truncation)
+            plan.answered = len(conf)
+            if len(conf) == 0:  # a wrapper refused the first batch
+                return untrained(lambda: self.build(target), cfg.train_seed)
             torch.manual_seed(cfg.train_seed)
             model = self.build(target)
-            return train_inversion(model, conf, images, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                                   seed=cfg.train_seed)
+            return train_inversion(model, conf, plan.images[: len(conf)], epochs=cfg.epochs,
+                                   batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.train_seed)
 
         return derived_inversion(self, target, {"access": access, "max_topk": target.max_topk}, train,
-                                 lambda: self.build(target))
+                                 lambda: self.build(target), plan)
 
     def run(self, target, labels, *, prior, seed, generator) -> AttackResult:  # noqa: ANN001
-        model = self.inversion_model(target)
+        plan = plan_public(self, target)
+        model = self.inversion_model(target, plan)
         images = model.represent(labels)
-        return AttackResult(self.name, images, labels, torch.zeros(len(labels)), 0, 0.0, seed, {})
+        return AttackResult(self.name, images, labels, torch.zeros(len(labels)), 0, 0.0, seed, {},
+                            extras=plan.facts(target))
 
 
 @hookimpl

@@ -34,6 +34,14 @@ queries (``(noise_samples + 1)`` label queries per public image) are cached with
 
 Our choices (the paper's values for these could not be checked): ``noise_std = 0.2`` (images in [0, 1]) and
 ``noise_samples = 100`` copies per image; noisy copies are clipped to the valid image range [0, 1].
+
+**Budget planning (our addition; the paper has no query budget).** Under a query budget the attack queries only
+the first public images whose ``noise_samples + 1`` label queries apiece fit in what is left of it
+(:func:`~invertkit.core.interfaces.access.affordable`, the whole budget: nothing is queried at attack time), and
+computes the distances, the median and the decoder from those. The result says so (``extras["exhausted"] =
+True``, with ``public_images``, ``planned_public_images`` and ``label_queries_per_image``); the cached decoder is
+keyed by the planned count. With no budget nothing changes. Should a wrapper still refuse a query, the images
+whose noisy copies were all answered are used (none: the untrained decoder, made from ``train_seed``).
 """
 
 from __future__ import annotations
@@ -44,12 +52,13 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from invertkit.core.errors import QueryBudgetExceeded
 from invertkit.core.hookspecs import hookimpl
 from invertkit.core.interfaces.attack import Attack
 from invertkit.core.interfaces.capability import Capability as C
 from invertkit.core.interfaces.results import AttackResult
 from invertkit.plugins.attacks.yang_inversion import (
-    InversionConfig, InversionModel, derived_inversion, public_images, train_inversion,
+    InversionConfig, InversionModel, PublicPlan, derived_inversion, plan_public, train_inversion, untrained,
 )
 
 __all__ = ["ZhuLabelOnly", "noisy_label_counts", "pseudo_confidences"]
@@ -62,19 +71,30 @@ def noisy_label_counts(target: Any, images: Tensor, *, std: float, samples: int,
                        batch_size: int = 4096) -> tuple[Tensor, Tensor]:
     """``(clean, counts)``: the target's label of each image and, per image, how many of ``samples`` noisy
     copies (``clip(x + N(0, std**2), 0, 1)``) it gave each class (N, K). ``len(images) * (samples + 1)`` label
-    queries through the view."""
+    queries through the view. Should the target refuse a query past its budget, the first images whose clean
+    label and noisy copies were all answered (fewer rows than ``images``)."""
     k = target.num_classes
-    clean = torch.cat([target.label(images[i : i + batch_size].to(target.device)).long().cpu()
-                       for i in range(0, len(images), batch_size)])
-    counts = torch.zeros(len(images), k)
+    answered: list[Tensor] = []
+    for i in range(0, len(images), batch_size):
+        try:
+            answered.append(target.label(images[i : i + batch_size].to(target.device)).long().cpu())
+        except QueryBudgetExceeded:  # ends with what it has
+            break
+    clean = torch.cat(answered) if answered else torch.zeros(0, dtype=torch.long)
+    counts = torch.zeros(len(clean), k)
+    done = 0
     per = max(1, batch_size // max(1, samples))  # images per query batch
-    for i in range(0, len(images), per):
-        xb = images[i : i + per].float()
+    for i in range(0, len(clean), per):
+        xb = images[i : min(i + per, len(clean))].float()
         noise = std * torch.randn((len(xb), samples, *xb.shape[1:]), generator=generator)
         noisy = (xb.unsqueeze(1) + noise).clamp(0, 1)
-        labels = target.label(noisy.flatten(0, 1).to(target.device)).long().cpu().view(len(xb), samples)
+        try:
+            labels = target.label(noisy.flatten(0, 1).to(target.device)).long().cpu().view(len(xb), samples)
+        except QueryBudgetExceeded:
+            break
         counts[i : i + len(xb)] = torch.nn.functional.one_hot(labels, k).sum(1).float()
-    return clean, counts
+        done = i + len(xb)
+    return clean[:done], counts[:done]
 
 
 def distances(clean: Tensor, counts: Tensor, std: float, samples: int) -> Tensor:
@@ -112,16 +132,27 @@ class ZhuLabelOnly(Attack):
         return InversionModel(target.num_classes, tuple(target.input_shape), ngf=self.config.ngf, truncation=None,
                               c=self.config.c).to(target.device)
 
-    def inversion_model(self, target: Any) -> InversionModel:
-        """The decoder trained on pseudo-confidences for ``target`` (or loaded from the cache, paid for again);
-        its ``representatives`` are the one-hot-like pseudo-confidence vectors of the identities."""
+    def plan(self, target: Any) -> PublicPlan:
+        """The public images whose ``noise_samples + 1`` label queries apiece the budget affords (all without one)."""
+        return plan_public(self, target, each=self.config.noise_samples + 1)
+
+    def inversion_model(self, target: Any, plan: PublicPlan | None = None) -> InversionModel:
+        """The decoder trained on pseudo-confidences for ``target`` (or loaded from the cache, paid for again)
+        from the public images of ``plan`` (default: :meth:`plan`); its ``representatives`` are the one-hot-like
+        pseudo-confidence vectors of the identities."""
         cfg = self.config
+        plan = self.plan(target) if plan is None else plan
+        if plan.planned == 0:
+            return untrained(lambda: self.build(target), cfg.train_seed)
 
         def train() -> InversionModel:
-            images = public_images(self)
             g = torch.Generator().manual_seed(cfg.train_seed)
-            clean, counts = noisy_label_counts(target, images, std=cfg.noise_std, samples=cfg.noise_samples,
+            clean, counts = noisy_label_counts(target, plan.images, std=cfg.noise_std, samples=cfg.noise_samples,
                                                generator=g)
+            plan.answered = len(clean)
+            if len(clean) == 0:  # a wrapper refused the first query
+                return untrained(lambda: self.build(target), cfg.train_seed)
+            images = plan.images[: len(clean)]
             d = distances(clean, counts, cfg.noise_std, cfg.noise_samples)
             scale = float(d.abs().median())
             if not scale > 0:  # every image on a boundary (or one image): fall back to the noise scale
@@ -136,12 +167,16 @@ class ZhuLabelOnly(Attack):
             return train_inversion(model, conf, images, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                                    seed=cfg.train_seed)
 
-        return derived_inversion(self, target, {"access": "label"}, train, lambda: self.build(target))
+        return derived_inversion(self, target, {"access": "label"}, train, lambda: self.build(target), plan)
 
     def run(self, target, labels, *, prior, seed, generator) -> AttackResult:  # noqa: ANN001
-        model = self.inversion_model(target)
+        plan = self.plan(target)
+        model = self.inversion_model(target, plan)
         images = model.represent(labels)
-        return AttackResult(self.name, images, labels, torch.zeros(len(labels)), 0, 0.0, seed, {})
+        facts = plan.facts(target)
+        if facts:
+            facts["label_queries_per_image"] = self.config.noise_samples + 1
+        return AttackResult(self.name, images, labels, torch.zeros(len(labels)), 0, 0.0, seed, {}, extras=facts)
 
 
 @hookimpl
