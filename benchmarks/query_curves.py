@@ -10,8 +10,10 @@ plane draws the same curves (every bench report has that plane, one point per ce
     python benchmarks/query_curves.py --target digits-cnn-bb --png benchmarks/query_curves_digits.png
     INVERTKIT_DATA=... python benchmarks/query_curves.py --plan mnist --png benchmarks/query_curves_mnist.png
 
-A budget at or above what the attack spends without one changes nothing, so that row is the unbudgeted run
-(and the larger budgets are left out of the table: the curve has reached its end).
+A budget at or above what the attack spends without one leaves it the same work, so that row is the unbudgeted
+run (and the larger budgets are left out of the table: the curve has reached its end). Exactly so for the attacks
+whose plan is a fixed split; BREP-MI passes an identity's unspent allowance on, so under such a budget its steps
+(and random draws) may come in another order, with the same work done.
     python benchmarks/query_curves.py --registry tests/data/registry-tiny.toml --target tiny-cnn-onnx \\
         --attacks nes,yang-inversion --budgets 1e2,1e3,1e4 -o nes.iterations=30
 """
