@@ -176,7 +176,7 @@ def test_a_wrapper_refusal_ends_with_the_images_answered_before_it(scenario) -> 
 
 
 @pytest.mark.parametrize("budget", [0, 3])
-def test_a_budget_affording_no_public_image_ends_with_the_untrained_decoder(scenario, budget: int) -> None:  # noqa: ANN001
+def test_a_budget_affording_no_image_ends_with_the_untrained_decoder(scenario, budget: int) -> None:  # noqa: ANN001
     target = label_only(scenario, budget)
     public = scenario.split.public[0]
     result = ZhuLabelOnly(FAST, context=AttackContext(public_images=public))(target, identities(1), seed=0)
