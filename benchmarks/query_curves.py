@@ -79,8 +79,9 @@ def main(argv: list[str] | None = None) -> None:
         if attack not in known:
             continue
         spec = catalog.target(target)
-        metrics = ("attack-acc", "judge") if (not spec.standalone and catalog.preset(spec.preset).judges) \
-            else ("attack-acc",)
+        # the metrics of blackbox_table.py, so that both share their cells (the metrics are part of a cell's key)
+        metrics = ("attack-acc", "knn-dist", "judge") if (not spec.standalone and catalog.preset(spec.preset).judges) \
+            else ("attack-acc", "knn-dist")
         caps = target_capabilities(catalog, plugins, target)
         reason = skip_reason(catalog, plugins, plugins.get("attack", attack), plugins.get("defense", defense)(),
                              target, caps)
