@@ -92,6 +92,13 @@ def main(argv: list[str] | None = None) -> None:
     catalog, plugins = load_catalog(args.registry), get_plugins()
     ids = tuple(class_list(args.identities))
     wanted = set(args.attacks.split(",")) if args.attacks else None
+    planned = {row[0] for row in PLANS[args.plan]}
+    for name in sorted((wanted or set()) - planned):  # one clear error line, before anything runs
+        import difflib
+
+        near = difflib.get_close_matches(name, sorted(planned), n=1)
+        ap.error(f"attack '{name}' is not in the {args.plan} plan" + (f"; did you mean '{near[0]}'?" if near else
+                                                                      f" ({', '.join(sorted(planned))})"))
     fresh = set(filter(None, args.fresh.split(",")))
     rows = []
     for attack, target, defenses, options, samples in PLANS[args.plan]:

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--jsonl", default=None, help="write every record here")
     ap.add_argument("--html", default=None, metavar="DIR", help="write the bench report (report.html, with the "
                                                                 "accuracy-against-queries plane) into DIR")
-    ap.add_argument("--plan", default=None, help="take targets, defenses, settings and samples from "
+    ap.add_argument("--plan", default=None, choices=("mnist", "digits"), help="take targets, defenses, settings and samples from "
                                                    "benchmarks/blackbox_table.py's plan (mnist, digits)")
     args = ap.parse_args(argv)
 
