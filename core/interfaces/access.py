@@ -134,6 +134,12 @@ def counted(target: Any, fn: Callable[[], Any]) -> tuple[Any, int]:
     return out, target.queries - q0
 
 
+def budget_left(target: Any) -> int | None:
+    """Queries left of ``target``'s budget (``None`` when it has none): what an attack plans with."""
+    budget = getattr(target, "budget", None)
+    return None if budget is None else max(0, int(budget) - int(target.queries))
+
+
 def affordable(target: Any, n: int, *, each: int = 1, share: float = 1.0) -> int:
     """How many of ``n`` items costing ``each`` queries apiece fit in ``share`` of what is left of ``target``'s
     budget (all ``n`` when it has none). An attack plans with it: a fixed-cost phase (a scored pool, a decoder's
@@ -142,8 +148,7 @@ def affordable(target: Any, n: int, *, each: int = 1, share: float = 1.0) -> int
     Planning is the attacker's courtesy to itself; the wrapper still refuses every query past the budget."""
     if n < 0 or each < 1 or not 0.0 < share <= 1.0:
         raise ValueError(f"affordable: n >= 0, each >= 1 and 0 < share <= 1 (got n={n}, each={each}, share={share})")
-    budget = getattr(target, "budget", None)
-    if budget is None:
+    left = budget_left(target)
+    if left is None:
         return int(n)
-    left = max(0, int(budget) - int(target.queries))
     return max(0, min(int(n), int(left * share) // int(each)))

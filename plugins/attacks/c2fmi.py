@@ -89,7 +89,7 @@ from torch import Tensor, nn
 
 from invertkit.core.errors import ConfigError, QueryBudgetExceeded, UsageError
 from invertkit.core.hookspecs import hookimpl
-from invertkit.core.interfaces.access import affordable
+from invertkit.core.interfaces.access import affordable, budget_left
 from invertkit.core.interfaces.attack import Attack, AttackConfig
 from invertkit.core.interfaces.capability import Capability as C
 from invertkit.core.interfaces.results import AttackResult
@@ -356,8 +356,8 @@ class C2FMI(Attack):
         # ---- the inverse network's training set: every public image, unless the whole run does not fit
         per_row = K + n_extra + cfg.generations * cfg.popsize
         queried = len(images)
-        if budgeted and len(images) + R * per_row > _left(target):
-            rest = max(0, _left(target) - R * per_row)  # what the full-size search leaves
+        if budgeted and len(images) + R * per_row > budget_left(target):
+            rest = max(0, budget_left(target) - R * per_row)  # what the full-size search leaves
             queried = max(affordable(target, len(images), share=cfg.budget_share), min(len(images), rest))
         inv = None
         if queried > 0:
@@ -506,10 +506,6 @@ class C2FMI(Attack):
             scores.append(-float(a.pop.get("F")[i, 0]))
         return torch.from_numpy(np.stack(best)).float().to(device), torch.tensor(scores), refused
 
-
-def _left(target: Any) -> int:
-    """Queries left of ``target``'s budget (it has one)."""
-    return max(0, int(target.budget) - int(target.queries))
 
 
 @hookimpl

@@ -109,7 +109,7 @@ from invertkit.core import losses, progress
 from invertkit.core.augment import plg_augment
 from invertkit.core.errors import ConfigError, QueryBudgetExceeded, UsageError
 from invertkit.core.hookspecs import hookimpl
-from invertkit.core.interfaces.access import affordable
+from invertkit.core.interfaces.access import affordable, budget_left
 from invertkit.core.interfaces.attack import Attack, AttackConfig
 from invertkit.core.interfaces.capability import Capability as C
 from invertkit.core.interfaces.results import AttackResult
@@ -512,7 +512,7 @@ class LOKT(Attack):
         if affordable(target, 1, each=total) == 1:
             return cfg.steps, cfg.samples_per_class
         steps = affordable(target, cfg.steps, each=each, share=tacgan_q / total)
-        left = max(0, int(target.budget) - int(target.queries)) - steps * each
+        left = budget_left(target) - steps * each
         return steps, min(samples, left // k)
 
     def tacgan(self, target: Any, steps: int | None = None) -> tuple[TACGAN, dict[str, Any], bool]:

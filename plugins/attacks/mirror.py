@@ -107,7 +107,7 @@ from torch import Tensor
 
 from invertkit.core.errors import ConfigError, QueryBudgetExceeded
 from invertkit.core.hookspecs import hookimpl
-from invertkit.core.interfaces.access import affordable
+from invertkit.core.interfaces.access import affordable, budget_left
 from invertkit.core.interfaces.attack import Attack, AttackConfig
 from invertkit.core.interfaces.capability import Capability as C
 from invertkit.core.interfaces.results import AttackResult
@@ -373,8 +373,8 @@ class MirrorB(Attack):
         full_pops = [min(cfg.population, size) for size in shards]
         search = cfg.generations * sum(n - cfg.elites for n in full_pops)
         scored = cfg.pool
-        if target.budget is not None and cfg.pool * per_style + search > _left(target):
-            rest = max(0, _left(target) - search) // per_style  # what the full-size search leaves to the pool
+        if target.budget is not None and cfg.pool * per_style + search > budget_left(target):
+            rest = max(0, budget_left(target) - search) // per_style  # what the full-size search leaves to the pool
             scored = max(affordable(target, cfg.pool, each=per_style, share=cfg.budget_share), min(cfg.pool, rest))
         refused = False
         table = torch.zeros(scored, len(classes))
@@ -480,10 +480,6 @@ class MirrorB(Attack):
                   "exhausted": bool(refused or (target.budget is not None and cut))}
         return AttackResult(self.name, images, labels, torch.tensor(scores), 0, 0.0, seed, {}, latents=w, extras=extras)
 
-
-def _left(target: Any) -> int:
-    """Queries left of ``target``'s budget (it has one)."""
-    return max(0, int(target.budget) - int(target.queries))
 
 
 # ------------------------------------------------------------------------------------------ mirror-w
