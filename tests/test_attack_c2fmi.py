@@ -187,7 +187,7 @@ def test_c2fmi_ends_with_what_it_has_when_refused(monkeypatch, budget: int) -> N
     import invertkit.plugins.attacks.c2fmi as c2fmi
 
     monkeypatch.setattr(c2fmi, "affordable", lambda target, n, **_: n)
-    monkeypatch.setattr(c2fmi, "_left", lambda target: 10**9)
+    monkeypatch.setattr(c2fmi, "budget_left", lambda target: 10**9)
     target = make_tiny_target(0, capabilities=ACCESS_LEVELS["black-box"], num_classes=4, input_shape=(1, 8, 8),
                               budget=budget)
     result = C2FMI(PLANNED, tiny_context(30))(target, torch.arange(4), prior=TinyPrior((1, 8, 8), 8, 0), seed=0)

@@ -171,7 +171,7 @@ def test_mirror_b_ends_with_what_it_has_when_refused(monkeypatch, budget: int) -
     import invertkit.plugins.attacks.mirror as mirror
 
     monkeypatch.setattr(mirror, "affordable", lambda target, n, **_: n)
-    monkeypatch.setattr(mirror, "_left", lambda target: 10**9)
+    monkeypatch.setattr(mirror, "budget_left", lambda target: 10**9)
     result, target = run_b(budget, {**PLANNED_B, "batch_size": 40})
     assert target.exhausted and result.extras["exhausted"] is True
     assert result.queries == target.queries <= budget
